@@ -6,13 +6,14 @@ from .drop_path import DropPath, drop_path
 from .mlp import Mlp, SwiGLU
 from .moe import MoEMlp, switch_load_balancing_loss
 from .norm import RMSNorm, build_norm
-from .patch_embed import PatchEmbed
+from .patch_embed import ConvStem, PatchEmbed
 from .positional import LearnedPositionalEmbedding, sincos_2d_embedding, sinusoidal_embedding
 from .transformer import Transformer
 
 __all__ = [
     "Attention",
     "Block",
+    "ConvStem",
     "DropPath",
     "LayerScale",
     "LearnedPositionalEmbedding",

@@ -1,0 +1,171 @@
+"""Evaluate an image classifier: ``python -m eval.classify --checkpoint RUN --dataset shapes``.
+
+Prints top-1, top-5 and mean per-class recall as a table and writes them as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from tqdm.auto import tqdm
+
+from multimodal import load_checkpoint
+from multimodal.checkpoint import read_run_config
+from multimodal.config import ConfigError
+from multimodal.data import SampleDecoder, SampleStream, SkipStats, collate, load_card, make_loader
+from multimodal.data.cards import DatasetCard, ensure_dataset
+from multimodal.data.stream import folder_samples
+
+from .metrics import classification_metrics, gather_rows
+
+__all__ = ["eval_stream", "evaluate_classifier", "main"]
+
+
+def eval_stream(
+    card: DatasetCard,
+    split: str,
+    *,
+    decoder: SampleDecoder,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> SampleStream:
+    """One ordered pass over a split, this rank's share of it."""
+    source: dict[str, Any] = (
+        {"items": folder_samples(card.folder(split))} if card.format == "folder" else {"urls": card.shard_urls(split)}
+    )
+    return SampleStream(
+        **source,
+        decode=decoder,
+        collate=collate,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+        infinite=False,
+        shuffle_buffer=0,
+    )
+
+
+@torch.no_grad()
+def evaluate_classifier(
+    model: nn.Module,
+    batches: Iterable[dict[str, Any]],
+    *,
+    num_classes: int,
+    acc: Accelerator | None = None,
+    progress: bool = False,
+) -> tuple[dict[str, float], SkipStats]:
+    """Metrics over all processes' batches (each process passes its own share)."""
+    was_training = model.training
+    model.eval()
+    device = acc.device if acc is not None else next(model.parameters()).device
+    k = min(5, num_classes)
+    preds, labels, skips = [], [], SkipStats()
+    for batch in tqdm(batches, desc="eval", disable=not progress, leave=False):
+        skips.update(batch.pop("skipped"))
+        if not batch["size"]:
+            continue
+        images = batch["image"].to(device, non_blocking=True)
+        if acc is not None:
+            with acc.autocast():
+                logits = model(images)
+        else:
+            logits = model(images)
+        preds.append(logits.float().topk(k, dim=-1).indices.cpu())
+        labels.append(batch["label"])
+    model.train(was_training)
+    pred = torch.cat(preds) if preds else torch.zeros(0, k, dtype=torch.long)
+    label = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
+    pred, label = gather_rows(acc, pred), gather_rows(acc, label)
+    return classification_metrics(pred, label, num_classes), skips
+
+
+def format_table(rows: dict[str, Any]) -> str:
+    width = max(len(k) for k in rows)
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
+    for key, value in rows.items():
+        lines.append(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    cfg = read_run_config(args.checkpoint)
+    data = cfg.get("data", {})
+    card = load_card(args.dataset or data.get("dataset", "shapes"))
+    label = args.label or data.get("label") or next(iter(card.labels))
+    classes = card.class_names(label)
+    ensure_dataset(card)
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    model = load_checkpoint(args.checkpoint, ema=None if not args.no_ema else False).to(acc.device)
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Linear) and head.out_features != len(classes):
+        raise ConfigError(
+            f"the model predicts {head.out_features} classes but {card.name}:{label} has {len(classes)}; "
+            "pass the --dataset and --label the model was trained on"
+        )
+    decoder = SampleDecoder(
+        image_size=int(data.get("image_size", 224)),
+        label_key="cls" if card.format == "folder" else label,
+        mean=tuple(data.get("mean", (0.485, 0.456, 0.406))),
+        std=tuple(data.get("std", (0.229, 0.224, 0.225))),
+    )
+    stream = eval_stream(
+        card,
+        args.split,
+        decoder=decoder,
+        batch_size=args.batch_size,
+        rank=acc.process_index,
+        world_size=acc.num_processes,
+    )
+    metrics, skips = evaluate_classifier(
+        model,
+        make_loader(stream, num_workers=args.workers),
+        num_classes=len(classes),
+        acc=acc,
+        progress=acc.is_main_process,
+    )
+    result = {"checkpoint": str(args.checkpoint), "dataset": card.name, "split": args.split, "label": label}
+    result.update(metrics)
+    result["skipped_samples"] = skips.total
+    if acc.is_main_process:
+        print(format_table({k: v for k, v in result.items() if k not in ("checkpoint",)}))
+        out = (
+            Path(args.out) if args.out else Path(args.checkpoint) / "eval" / f"classify_{card.name}_{args.split}.json"
+        )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+        if skips.total:
+            print(skips.summary())
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval.classify", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="run directory or checkpoints/step-* folder")
+    parser.add_argument("--dataset", help="card name, card path or image folder (default: the training dataset)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--label", help="label key of the card (default: the one trained on)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-ema", action="store_true", help="use the raw weights even if the run kept an EMA")
+    parser.add_argument("--out", help="JSON path (default: RUN/eval/classify_<dataset>_<split>.json)")
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

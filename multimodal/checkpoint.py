@@ -1,0 +1,65 @@
+"""Load a trained model from a run directory (or one of its checkpoints): weights from safetensors only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file
+from torch import nn
+
+from .config import ConfigError
+from .models.registry import create_model
+
+__all__ = ["load_checkpoint", "read_run_config"]
+
+
+def _run_dir(path: Path) -> Path:
+    """The run directory holding ``config.yaml``: ``path`` itself or the run above a checkpoint folder."""
+    for candidate in (path, path.parent.parent):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise ConfigError(
+        f"{path} is not a run directory: it has no config.yaml; pass the folder a training run wrote "
+        "(e.g. runs/vit-shapes) or one of its checkpoints/step-* folders"
+    )
+
+
+def read_run_config(path: str | Path) -> dict[str, Any]:
+    """The resolved recipe a run was trained with, as a plain dict."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"checkpoint {str(path)!r} does not exist")
+    return yaml.safe_load((_run_dir(path) / "config.yaml").read_text())
+
+
+def load_checkpoint(path: str | Path, *, ema: bool | None = None, device: str | torch.device = "cpu") -> nn.Module:
+    """A ready model (eval mode) from a run directory or a ``checkpoints/step-*`` folder.
+
+    With ``ema=None`` the EMA weights are used when the run kept them.
+    """
+    path = Path(path)
+    cfg = read_run_config(path)
+    model_cfg = cfg.get("model") or {}
+    if "name" not in model_cfg:
+        raise ConfigError(f"{_run_dir(path) / 'config.yaml'} names no model (model.name)")
+    folder = path if (path / "model.safetensors").is_file() else _run_dir(path)
+    weights = folder / "model.safetensors"
+    ema_weights = folder / "model_ema.safetensors"
+    if ema or (ema is None and ema_weights.is_file()):
+        if not ema_weights.is_file():
+            raise ConfigError(f"{folder} has no EMA weights (model_ema.safetensors); load with ema=False")
+        weights = ema_weights
+    if not weights.is_file():
+        raise ConfigError(f"{folder} has no model.safetensors yet: the run has not saved a checkpoint")
+    model = create_model(model_cfg["name"], **(model_cfg.get("args") or {}))
+    state = load_file(str(weights), device=str(device))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ConfigError(
+            f"{weights} does not match model {model_cfg['name']!r}: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    return model.to(device).eval()

@@ -1,0 +1,280 @@
+"""Frozen, typed configs read from YAML, with ``key.sub=value`` overrides.
+
+A config is a frozen dataclass deriving from :class:`Config`. Nested sections are dataclass fields;
+a field typed ``dict[str, Any]`` holds free-form arguments (validated by whoever consumes them).
+
+>>> cfg = TrainConfig.from_yaml("recipe.yaml", overrides=["optim.lr=3e-4"])   # doctest: +SKIP
+
+Every value is checked against its field's type. An unknown key or a wrong type raises
+:class:`ConfigError` naming the full dotted key and, for an unknown key, the nearest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+import yaml
+
+__all__ = ["Config", "ConfigError", "apply_overrides", "load_yaml", "parse_override", "suggest"]
+
+C = TypeVar("C", bound="Config")
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong. The message names the key and what to do."""
+
+
+def suggest(key: str, valid: Iterable[str]) -> str:
+    """Return ``"; did you mean 'x'?"`` for the closest valid key, or ``""``."""
+    valid = list(valid)
+    leaf = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    if not close:  # the leaf may belong to another section: `lr` -> `optim.lr`
+        close = [v for v in valid if v.rsplit(".", 1)[-1] == leaf][:1]
+    if not close:
+        close = difflib.get_close_matches(leaf, valid, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"config file {str(path)!r} does not exist" + (" (it is a directory)" if path.is_dir() else "")
+        )
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b=value`` into its key path and the YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Return a copy of the nested dict ``data`` with ``key.sub=value`` overrides set."""
+    out = _deepcopy_dict(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"cannot set {'.'.join(path)}: {part!r} holds a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def _deepcopy_dict(d: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deepcopy_dict(v) if isinstance(v, Mapping) else v for k, v in d.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Base of every config: typed construction from dicts, YAML and overrides; ``replace``; ``to_dict``."""
+
+    @classmethod
+    def from_dict(cls: type[C], data: Mapping[str, Any] | None, *, prefix: str = "") -> C:
+        """Build from a nested mapping, checking every key and type."""
+        data = dict(data or {})
+        if not isinstance(data, dict):
+            raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        for key in data:
+            if key not in fields:
+                full = prefix + str(key)
+                valid = [prefix + name for name in fields] + _nested_keys(cls, prefix)
+                raise ConfigError(f"unknown config key '{full}'{suggest(full, valid)}")
+        kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in data.items()}
+        try:
+            return cls(**kwargs)
+        except TypeError as e:  # a required field is missing
+            raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from None
+
+    @classmethod
+    def from_yaml(cls: type[C], path: str | Path, overrides: Iterable[str] = ()) -> C:
+        """Read ``path`` and apply ``key.sub=value`` overrides."""
+        return cls.from_dict(apply_overrides(load_yaml(path), overrides))
+
+    def replace(self: C, **changes: Any) -> C:
+        """A new config with ``changes`` applied (type-checked, nested dicts merged into sections)."""
+        return type(self).from_dict(_merge(self.to_dict(), changes))
+
+    def override(self: C, overrides: Iterable[str]) -> C:
+        """A new config with ``key.sub=value`` overrides applied."""
+        return type(self).from_dict(apply_overrides(self.to_dict(), overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples become lists), ready for YAML."""
+        return _plain(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys to scalar values, e.g. for experiment trackers."""
+        out: dict[str, Any] = {}
+
+        def walk(node: Any, prefix: str) -> None:
+            if isinstance(node, dict):
+                for k, v in node.items():
+                    walk(v, f"{prefix}{k}.")
+            else:
+                out[prefix[:-1]] = node if isinstance(node, (int, float, str, bool)) else str(node)
+
+        walk(self.to_dict(), "")
+        return out
+
+
+def _nested_keys(cls: type, prefix: str) -> list[str]:
+    """Dotted keys of every nested section's fields, for suggesting the right section."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if isinstance(tp, type) and issubclass(tp, Config):
+            out += [f"{prefix}{f.name}.{g.name}" for g in dataclasses.fields(tp)] + _nested_keys(
+                tp, f"{prefix}{f.name}."
+            )
+    return out
+
+
+def _merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in changes.items():
+        if isinstance(v, Config):
+            v = v.to_dict()
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Config):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; parse strings for numeric and bool fields."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        is_null = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+        if is_null and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        names = " or ".join(_type_name(a) for a in args)
+        raise ConfigError(f"config key '{key}' expects {names}, got {value!r}")
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"config key '{key}' must be one of {', '.join(map(repr, args))}, got {value!r}{hint}")
+    if isinstance(tp, type) and issubclass(tp, Config):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key '{key}' is a section; give it a mapping, got {value!r}")
+        return tp.from_dict(value, prefix=key + ".")
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"config key '{key}' expects {len(args)} values, got {len(value)}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+        item = args[0] if args else Any
+        return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key '{key}' expects a mapping, got {value!r}")
+        if len(args) == 2:
+            return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise ConfigError(f"config key '{key}' expects true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"config key '{key}' expects an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"config key '{key}' expects a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"config key '{key}' expects a string, got {value!r}")
+    if isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        raise ConfigError(f"config key '{key}' expects {_type_name(tp)}, got {value!r}")
+    return value

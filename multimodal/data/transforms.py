@@ -1,0 +1,161 @@
+"""Decoding raw samples into tensors: images of any PIL mode to normalised RGB, captions, labels."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .stream import DecodeError
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "OPENAI_CLIP_MEAN",
+    "OPENAI_CLIP_STD",
+    "SampleDecoder",
+    "collate",
+    "to_rgb",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB: 16/32-bit grey rescaled, palette expanded, alpha composited on white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+@dataclass(frozen=True)
+class SampleDecoder:
+    """Turns a raw sample (shard members or a folder file) into ``{"image", "label"?, "text"?, "key"}``.
+
+    ``label_key`` names a field of the sample's ``.json`` (or ``cls`` for image folders); ``text_key`` the
+    caption member. Augmentation draws from a generator seeded by (seed, epoch, key), so it is reproducible
+    and survives resumption.
+    """
+
+    image_size: int
+    label_key: str | None = None
+    text_key: str | None = None
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    augment: Literal["none", "flip", "crop_flip"] = "none"
+    seed: int = 0
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"key": sample.get("__key__", "")}
+        rng = (
+            random.Random(f"{self.seed}-{sample.get('__epoch__', 0)}-{out['key']}") if self.augment != "none" else None
+        )
+        out["image"] = self._image(sample, rng)
+        if self.label_key is not None:
+            out["label"] = self._label(sample)
+        if self.text_key is not None:
+            out["text"] = self._text(sample)
+        return out
+
+    def _image(self, sample: dict[str, Any], rng: random.Random | None) -> torch.Tensor:
+        if "__path__" in sample:
+            try:
+                with open(sample["__path__"], "rb") as f:
+                    data = f.read()
+            except OSError as e:
+                raise DecodeError("unreadable image file", str(e)) from None
+        else:
+            data = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
+            if data is None:
+                raise DecodeError("missing image")
+        if not data:
+            raise DecodeError("empty image")
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                img = to_rgb(im)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            raise DecodeError("corrupt image", str(e)) from None
+        img = self._geometry(img, rng)
+        x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (x - mean) / std
+
+    def _geometry(self, img: Image.Image, rng: random.Random | None) -> Image.Image:
+        size = self.image_size
+        w, h = img.size
+        if self.augment == "crop_flip" and rng is not None:  # random-resized crop, scale (0.35, 1), ratio 3/4..4/3
+            for _ in range(10):
+                area = w * h * rng.uniform(0.35, 1.0)
+                ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+                cw, ch = round((area * ratio) ** 0.5), round((area / ratio) ** 0.5)
+                if 0 < cw <= w and 0 < ch <= h:
+                    x0, y0 = rng.randint(0, w - cw), rng.randint(0, h - ch)
+                    img = img.crop((x0, y0, x0 + cw, y0 + ch))
+                    break
+            img = img.resize((size, size), Image.BICUBIC)
+        else:  # shorter side to `size`, centre crop
+            scale = size / min(w, h)
+            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+            if (nw, nh) != (w, h):
+                img = img.resize((nw, nh), Image.BICUBIC)
+            left, top = (nw - size) // 2, (nh - size) // 2
+            if (nw, nh) != (size, size):
+                img = img.crop((left, top, left + size, top + size))
+        if self.augment in ("flip", "crop_flip") and rng is not None and rng.random() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        return img
+
+    def _label(self, sample: dict[str, Any]) -> int:
+        if "cls" in sample and isinstance(sample["cls"], int):
+            return sample["cls"]
+        meta = sample.get("json")
+        if meta is None:
+            raise DecodeError("missing label")
+        try:
+            meta = json.loads(meta) if isinstance(meta, (bytes, str)) else meta
+            value = meta[self.label_key]
+        except (ValueError, KeyError, TypeError):
+            raise DecodeError("missing label") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise DecodeError("missing label", f"{self.label_key}={value!r} is not an integer class index")
+        return value
+
+    def _text(self, sample: dict[str, Any]) -> str:
+        raw = sample.get(self.text_key)
+        if raw is None:
+            raise DecodeError("missing caption")
+        text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
+        text = " ".join(text.split())
+        if not text:
+            raise DecodeError("empty caption")
+        return text
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack images and labels; keep captions and keys as lists."""
+    batch: dict[str, Any] = {"image": torch.stack([s["image"] for s in samples]), "key": [s["key"] for s in samples]}
+    if "label" in samples[0]:
+        batch["label"] = torch.tensor([s["label"] for s in samples], dtype=torch.long)
+    if "text" in samples[0]:
+        batch["text"] = [s["text"] for s in samples]
+    return batch

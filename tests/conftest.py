@@ -1,0 +1,60 @@
+"""Shared fixtures: a tiny shapes dataset with its own card, and a tiny training recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from multimodal.data.shapes import ShapesSpec, generate_shapes
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_SPEC = ShapesSpec(seed=1, image_size=32, train=384, test=96, heldout=32, samples_per_shard=48)
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small shapes dataset (8 train shards of 48) and a card for it; returns the card path."""
+    root = tmp_path_factory.mktemp("tiny-shapes")
+    manifest = generate_shapes(root / "data", TINY_SPEC, workers=1)
+    card = yaml.safe_load((REPO / "datasets" / "shapes.yaml").read_text())
+    card.update(name="tiny-shapes", generator=None, root=str(root / "data"))
+    card["splits"] = {
+        split: {"shards": info["shards"], "num_samples": info["num_samples"]}
+        for split, info in manifest["splits"].items()
+    }
+    path = root / "tiny-shapes.yaml"
+    path.write_text(yaml.safe_dump(card))
+    return path
+
+
+def tiny_recipe(card: Path, out_dir: Path, **sections: dict) -> dict:
+    """A recipe that trains a 2-block ViT on the tiny shapes in seconds."""
+    recipe = {
+        "run": {"name": "tiny", "out_dir": str(out_dir), "seed": 0},
+        "task": {"name": "classification"},
+        "model": {
+            "name": "vitc_nano_patch8_32",
+            "args": {"dim": 32, "depth": 2, "heads": 2, "stem_width": 16, "drop_path_rate": 0.1},
+        },
+        "data": {
+            "dataset": str(card),
+            "label": "color_shape",
+            "image_size": 32,
+            "batch_size": 16,
+            "eval_batch_size": 48,
+            "num_workers": 1,
+            "shuffle_buffer": 64,
+        },
+        "optim": {"lr": 3e-3, "warmup_steps": 2},
+        "train": {"steps": 8, "log_every": 2, "checkpoint_every": 4, "log_with": [], "progress": False},
+    }
+    for name, values in sections.items():
+        recipe[name] = {**recipe.get(name, {}), **values}
+    return recipe
+
+
+def write_recipe(path: Path, recipe: dict) -> Path:
+    path.write_text(yaml.safe_dump(recipe))
+    return path

@@ -1,0 +1,86 @@
+"""multimodal.config: typed loading, overrides, and errors that name the key and the nearest valid one."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import pytest
+
+from multimodal.config import Config, ConfigError, apply_overrides, parse_override
+
+
+@dataclasses.dataclass(frozen=True)
+class Optim(Config):
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    clip: float | None = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe(Config):
+    name: str = "run"
+    steps: int = 10
+    amp: bool = False
+    optim: Optim = dataclasses.field(default_factory=Optim)
+    tags: tuple[str, ...] = ()
+
+
+def test_from_dict_types_and_defaults():
+    cfg = Recipe.from_dict({"steps": 5, "optim": {"lr": "3e-4", "betas": [0.8, 0.9]}, "tags": ["a", "b"]})
+    assert cfg.steps == 5 and cfg.optim.lr == pytest.approx(3e-4) and cfg.optim.betas == (0.8, 0.9)
+    assert cfg.tags == ("a", "b") and cfg.optim.schedule == "cosine" and cfg.amp is False
+
+
+def test_overrides_parse_to_field_types():
+    cfg = Recipe().override(["steps=200", "optim.lr=1e-2", "amp=true", "optim.clip=null", "tags=[x,y]"])
+    assert cfg.steps == 200 and isinstance(cfg.steps, int)
+    assert cfg.optim.lr == 0.01 and cfg.amp is True and cfg.optim.clip is None and cfg.tags == ("x", "y")
+    assert Recipe().steps == 10  # frozen: overriding makes a new object
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.steps = 3  # type: ignore[misc]
+
+
+def test_unknown_key_names_it_and_the_nearest():
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim.lrr'; did you mean 'optim.lr'\?"):
+        Recipe().override(["optim.lrr=1"])
+    with pytest.raises(ConfigError, match=r"'stepz'; did you mean 'steps'"):
+        Recipe.from_dict({"stepz": 3})
+
+
+def test_misplaced_key_suggests_its_section():
+    with pytest.raises(ConfigError, match=r"'lr'; did you mean 'optim.lr'"):
+        Recipe.from_dict({"lr": 3})
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("steps=abc", "'steps' expects an integer, got 'abc'"),
+        ("steps=1.5", "'steps' expects an integer"),
+        ("amp=maybe", "'amp' expects true or false"),
+        ("optim.lr=fast", "'optim.lr' expects a number"),
+        ("optim.schedule=cosin", "did you mean 'cosine'"),
+        ("optim.betas=[1]", "'optim.betas' expects 2 values"),
+        ("optim=3", "'optim' is a section"),
+    ],
+)
+def test_wrong_type_names_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("?", r"\?")):
+        Recipe().override([override])
+
+
+def test_replace_merges_sections_and_round_trips():
+    cfg = Recipe().replace(optim={"lr": 0.5}, steps=3)
+    assert cfg.optim.lr == 0.5 and cfg.optim.betas == (0.9, 0.999) and cfg.steps == 3
+    assert Recipe.from_dict(cfg.to_dict()) == cfg
+    assert cfg.flat()["optim.lr"] == 0.5
+
+
+def test_parse_override_rejects_malformed():
+    with pytest.raises(ConfigError, match=r"key\.sub=value"):
+        parse_override("steps")
+    with pytest.raises(ConfigError, match="empty key"):
+        parse_override("a..b=1")
+    assert apply_overrides({"a": {"b": 1}}, ["a.c=2"]) == {"a": {"b": 1, "c": 2}}

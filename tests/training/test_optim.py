@@ -1,0 +1,54 @@
+"""training.optim: weight-decay groups and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import multimodal
+from training.config import OptimConfig
+from training.optim import build_optimizer, build_scheduler, lr_factor, param_groups
+
+
+def test_no_decay_on_norms_biases_and_tokens():
+    model = multimodal.create_model("vit_nano_patch4_32", depth=1, dim=32, heads=2, num_classes=3)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay, no_decay = param_groups(model, 0.1)
+    decayed = sorted(names[id(p)] for p in decay["params"])
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert decayed == sorted(
+        [
+            "head.weight",
+            "patch_embed.proj.weight",
+            "transformer.blocks.0.attn.qkv.weight",
+            "transformer.blocks.0.attn.proj.weight",
+            "transformer.blocks.0.mlp.fc1.weight",
+            "transformer.blocks.0.mlp.fc2.weight",
+        ]
+    )
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_warmup_then_cosine_to_min_ratio():
+    f = lambda s: lr_factor(s, total=110, warmup=10, schedule="cosine", min_ratio=0.1)  # noqa: E731
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(110) == pytest.approx(0.1)
+    assert lr_factor(55, total=110, warmup=10, schedule="linear", min_ratio=0.0) == pytest.approx(1 - 45 / 100)
+    assert lr_factor(99, total=110, warmup=0, schedule="constant", min_ratio=0.0) == 1.0
+
+
+def test_scheduler_drives_optimizer_lr():
+    model = torch.nn.Linear(2, 2)
+    cfg = OptimConfig(lr=0.5, warmup_steps=2, schedule="linear")
+    opt = build_optimizer(model, cfg)
+    sched = build_scheduler(opt, cfg, total_steps=10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:3] == pytest.approx([0.25, 0.5, 0.5]) and lrs[-1] == pytest.approx(0.5 * (1 - 7 / 8))

@@ -1,0 +1,146 @@
+"""training.train end to end on tiny shapes: exact resume, clear config errors, bad shards, two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from accelerate.state import AcceleratorState, GradientState
+from safetensors.torch import load_file
+
+from multimodal import load_checkpoint
+from tests.conftest import REPO, tiny_recipe, write_recipe
+from training.checkpoint import list_checkpoints
+from training.train import load_config, train
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Accelerate keeps process-wide singletons; each in-process run starts from a clean one."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def _train(tmp_path: Path, recipe: dict, overrides: list[str] = ()) -> dict:
+    path = write_recipe(tmp_path / f"recipe-{len(list(tmp_path.glob('recipe-*')))}.yaml", recipe)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    return train(load_config(path, list(overrides)))
+
+
+def _cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )  # fmt: skip
+
+
+def test_resume_mid_run_gives_bitwise_identical_weights(tiny_shapes, tmp_path):
+    straight = tiny_recipe(tiny_shapes, tmp_path / "straight")
+    _train(tmp_path, straight)
+    interrupted = tiny_recipe(tiny_shapes, tmp_path / "resumed")
+    first = _train(tmp_path, interrupted, ["train.stop_at=4"])
+    assert first["step"] == 4
+    assert [s for s, _ in list_checkpoints(tmp_path / "resumed")] == [4]
+    second = _train(tmp_path, interrupted, ["run.resume=latest"])
+    assert second["step"] == 8
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps.count(4) == 2  # train + eval record at 4, none duplicated by resuming
+
+
+def test_loss_falls_and_checkpoint_loads(tiny_shapes, tmp_path):
+    train_ = {"steps": 120, "log_every": 10, "checkpoint_every": 60}
+    recipe = tiny_recipe(tiny_shapes, tmp_path / "run", train=train_, data={"label": "color"})
+    results = _train(tmp_path, recipe)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train/loss"] for r in records if "train/loss" in r]
+    assert losses[-1] < losses[0] - 0.5, losses
+    assert results["eval/top1"] > 0.5  # 6 colours: chance is 1/6
+    model = load_checkpoint(tmp_path / "run")
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert cfg["model"]["args"]["num_classes"] == 6 and cfg["data"]["label"] == "color"
+    assert model.head.out_features == 6 and not model.training
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [60, 120]
+
+
+def test_unknown_key_exits_nonzero_naming_the_nearest_and_writes_nothing(tiny_shapes, tmp_path):
+    out = tmp_path / "never"
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tiny_shapes, out))
+    for override, key, nearest in [
+        ("optim.lrr=0.1", "optim.lrr", "optim.lr"),
+        ("model.args.deptth=3", "model.args.deptth", "model.args.depth"),
+        ("train.step=5", "train.step", "train.steps"),
+    ]:
+        proc = _cli("-m", "training.train", str(recipe), override)
+        assert proc.returncode == 2, proc.stderr
+        assert f"'{key}'" in proc.stderr and f"did you mean '{nearest}'" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert not out.exists()
+    bad = tiny_recipe(tiny_shapes, out)
+    bad["optim"]["warmup_step"] = 3
+    proc = _cli("-m", "training.train", str(write_recipe(tmp_path / "bad.yaml", bad)))
+    assert proc.returncode == 2 and "did you mean 'optim.warmup_steps'" in proc.stderr
+    proc = _cli("-m", "training.train", str(recipe), "train.steps=many")
+    assert proc.returncode == 2 and "'train.steps' expects an integer, got 'many'" in proc.stderr
+    assert not out.exists()
+
+
+def test_existing_run_is_not_overwritten(tiny_shapes, tmp_path):
+    recipe = tiny_recipe(tiny_shapes, tmp_path / "run", train={"steps": 2, "checkpoint_every": 0})
+    _train(tmp_path, recipe)
+    with pytest.raises(ValueError, match=r"already holds a run; continue it with run\.resume=latest"):
+        _train(tmp_path, recipe)
+
+
+def test_truncated_shard_run_finishes_and_reports_it(tiny_shapes, tmp_path):
+    card = yaml.safe_load(tiny_shapes.read_text())
+    data = tmp_path / "data"
+    shutil.copytree(card["root"], data)
+    card["root"] = str(data)
+    bad = data / "train" / "000003.tar"
+    bad.write_bytes(bad.read_bytes()[:30000])
+    card_path = tmp_path / "card.yaml"
+    card_path.write_text(yaml.safe_dump(card))
+    recipe = tiny_recipe(card_path, tmp_path / "run", train={"steps": 30, "checkpoint_every": 0})
+    results = _train(tmp_path, recipe)
+    assert results["step"] == 30
+    unreadable = results["data"]["unreadable_shards"]
+    assert list(unreadable) == ["train/000003.tar"]
+    assert "samples lost" in unreadable["train/000003.tar"]
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["data"] == results["data"]
+
+
+def test_two_processes_train_on_different_samples(tiny_shapes, tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tiny_shapes, tmp_path / "run"))
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    proc = subprocess.run(
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
+         "-m", "training.train", str(recipe), "train.record_keys=true"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["num_processes"] == 2 and results["distributed_type"] == "MULTI_CPU"
+    keys = [
+        [line.split("\t")[1] for line in (tmp_path / "run" / "keys" / f"rank-{r}.txt").read_text().splitlines()]
+        for r in range(2)
+    ]
+    assert len(keys[0]) == len(keys[1]) == 8 * 16
+    assert not set(keys[0]) & set(keys[1])
+    assert results["samples"] == 2 * 8 * 16

@@ -1,0 +1,133 @@
+"""The training recipe: a frozen, typed tree read from ``configs/<family>/<recipe>.yaml``."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from multimodal.config import Config, ConfigError, apply_overrides, load_yaml
+from multimodal.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["DataConfig", "ModelSpec", "OptimConfig", "RunConfig", "TaskConfig", "TrainConfig", "TrainLoopConfig"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig(Config):
+    name: str = "run"
+    out_dir: str | None = None  # default: runs/<name>
+    seed: int = 0
+    resume: str | None = None  # "latest" or a checkpoint directory
+    overwrite: bool = False  # allow starting afresh in a run directory that holds a run
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig(Config):
+    name: Literal["classification"] = "classification"
+    label_smoothing: float = 0.0
+    aux_loss_weight: float = 0.01  # mixture-of-experts load balancing (Switch Transformer's alpha)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec(Config):
+    """A registered model (``multimodal.list_models()``) and overrides of its preset config."""
+
+    name: str = "vit_nano_patch4_32"
+    args: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(Config):
+    dataset: str = "shapes"  # card name, card path, or image folder
+    train_split: str = "train"
+    eval_split: str | None = "test"
+    label: str | None = None  # label key of the card; default: its first
+    image_size: int = 224
+    batch_size: int = 64  # per process
+    eval_batch_size: int = 256
+    num_workers: int = 2
+    shuffle_buffer: int = 2000
+    resampled: bool = False
+    augment: Literal["none", "flip", "crop_flip"] = "none"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig(Config):
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    grad_clip: float | None = 1.0
+    accum: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainLoopConfig(Config):
+    steps: int = 1000  # optimizer steps
+    precision: Literal["no", "bf16", "fp16"] = "no"
+    log_every: int = 10
+    eval_every: int = 0  # 0: evaluate at the end only
+    checkpoint_every: int = 0  # 0: checkpoint at the end only
+    keep_checkpoints: int = 2
+    ema_decay: float = 0.0  # 0: no EMA
+    log_with: tuple[str, ...] = ("tensorboard",)
+    progress: bool = True
+    cpu: bool = False  # force the CPU even when an accelerator is present
+    stop_at: int | None = None  # end this invocation at this step (checkpointed), schedule unchanged: resume later
+    record_keys: bool = False  # write each rank's training sample keys to keys/rank-N.txt (data audits)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(Config):
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
+    model: ModelSpec = dataclasses.field(default_factory=ModelSpec)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    train: TrainLoopConfig = dataclasses.field(default_factory=TrainLoopConfig)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.train.steps >= 1, "train.steps must be >= 1"),
+            (self.data.batch_size >= 1, "data.batch_size must be >= 1"),
+            (self.data.num_workers >= 0, "data.num_workers must be >= 0"),
+            (self.optim.accum >= 1, "optim.accum must be >= 1"),
+            (self.optim.lr > 0, "optim.lr must be > 0"),
+            (0.0 <= self.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)"),
+            (self.train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.out_dir or Path("runs") / self.run.name)
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: Iterable[str] = ()) -> TrainConfig:
+        """Read a recipe, apply overrides, and check the model and its arguments without allocating it."""
+        cfg = cls.from_dict(apply_overrides(load_yaml(path), overrides))
+        cfg.check_model()
+        return cfg
+
+    def check_model(self) -> None:
+        """Build the model on the meta device: unknown names, arguments and bad values fail here, cheaply."""
+        from multimodal import create_model
+
+        try:
+            with torch.device("meta"):
+                create_model(self.model.name, **self.model.args)
+        except ConfigError as e:
+            message = str(e).replace("config key '", "config key 'model.args.").replace("mean '", "mean 'model.args.")
+            raise ConfigError(message) from None
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model {self.model.name!r} with args {self.model.args}: {e}") from None

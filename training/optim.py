@@ -1,0 +1,58 @@
+"""AdamW with the usual exclusions from weight decay, and a warmup + cosine (or linear, constant) schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import OptimConfig
+
+__all__ = ["build_optimizer", "build_scheduler", "param_groups"]
+
+_NO_DECAY_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.Embedding)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: decayed weights, and norms, biases, embeddings and ``model.no_weight_decay()`` undecayed."""
+    skip = set(getattr(model, "no_weight_decay", lambda: set())())
+    no_decay_modules = {name for name, m in model.named_modules() if isinstance(m, _NO_DECAY_MODULES)}
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        owner = name.rsplit(".", 1)[0] if "." in name else ""
+        norm_like = "norm" in owner.rsplit(".", 1)[-1] or owner in no_decay_modules
+        if p.ndim <= 1 or name in skip or norm_like or name.endswith("pos_embed"):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+
+
+def lr_factor(step: int, *, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
+    """Multiplier of the base learning rate at optimizer step ``step``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+    return min_ratio + (1.0 - min_ratio) * shape
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int):
+    def fn(step: int) -> float:
+        return lr_factor(
+            step, total=total_steps, warmup=cfg.warmup_steps, schedule=cfg.schedule, min_ratio=cfg.min_lr_ratio
+        )
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)

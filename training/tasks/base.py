@@ -1,0 +1,49 @@
+"""The interface between the trainer and a model family."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from accelerate import Accelerator
+from torch import Tensor, nn
+
+from multimodal.data import SkipStats
+
+from ..config import TrainConfig
+
+
+class Task:
+    """A family plugs into the trainer by subclassing this.
+
+    The trainer calls, in order: ``resolve`` (fill in config values the data decides, before anything is
+    written), ``prepare_data`` (main process first), ``build_model``, then ``train_batches`` and ``loss``
+    every step and ``evaluate`` every ``train.eval_every`` steps.
+    """
+
+    def __init__(self, cfg: TrainConfig, acc: Accelerator | None) -> None:
+        self.cfg = cfg
+        self.acc = acc
+
+    def resolve(self) -> TrainConfig:
+        return self.cfg
+
+    def prepare_data(self) -> None:
+        """Build generated datasets if missing; called on the main process before the others."""
+
+    def build_model(self) -> nn.Module:
+        from multimodal import create_model
+
+        return create_model(self.cfg.model.name, **self.cfg.model.args)
+
+    def train_batches(self, start_batch: int) -> Iterable[dict[str, Any]]:
+        """An endless, deterministic stream of this rank's batches, starting after ``start_batch`` of them."""
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss to minimise and detached scalars to log."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module) -> tuple[dict[str, float], SkipStats]:
+        """Metrics computed on every rank's share of the evaluation split, identical on all ranks."""
+        return {}, SkipStats()

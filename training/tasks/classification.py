@@ -1,0 +1,109 @@
+"""Image classification: any registered image model, labels from a dataset card."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from eval.classify import eval_stream, evaluate_classifier
+from multimodal.data import SampleDecoder, SampleStream, SkipStats, collate, ensure_dataset, load_card, make_loader
+from multimodal.data.stream import folder_samples
+
+from ..config import TrainConfig
+from .base import Task
+
+
+class ClassificationTask(Task):
+    """Cross-entropy on ``data.label`` of the card; top-1/top-5/mean per-class recall on ``data.eval_split``."""
+
+    def __init__(self, cfg: TrainConfig, acc=None) -> None:
+        super().__init__(cfg, acc)
+        self.card = load_card(cfg.data.dataset)
+        self.label = cfg.data.label or next(iter(self.card.labels), None)
+        if self.label is None:
+            raise ValueError(f"dataset {self.card.name!r} has no labels; a classification task needs them")
+        self.classes = self.card.class_names(self.label)
+        self.card.split(cfg.data.train_split)
+        if cfg.data.eval_split is not None:
+            self.card.split(cfg.data.eval_split)
+
+    def resolve(self) -> TrainConfig:
+        """Fill in the label key, the class count and the image size the data implies."""
+        args = dict(self.cfg.model.args)
+        args.setdefault("num_classes", len(self.classes))
+        args.setdefault("img_size", self.cfg.data.image_size)
+        if args["num_classes"] != len(self.classes):
+            raise ValueError(
+                f"model.args.num_classes={args['num_classes']} but {self.card.name}:{self.label} has "
+                f"{len(self.classes)} classes; drop the override or pick another data.label"
+            )
+        return self.cfg.replace(model={"args": args}, data={"label": self.label})
+
+    def prepare_data(self) -> None:
+        ensure_dataset(self.card, progress=True)
+
+    def _decoder(self, *, train: bool) -> SampleDecoder:
+        d = self.cfg.data
+        return SampleDecoder(
+            image_size=d.image_size,
+            label_key="cls" if self.card.format == "folder" else self.label,
+            mean=d.mean,
+            std=d.std,
+            augment=d.augment if train else "none",
+            seed=self.cfg.run.seed,
+        )
+
+    def _rank(self) -> tuple[int, int]:
+        return (self.acc.process_index, self.acc.num_processes) if self.acc is not None else (0, 1)
+
+    def train_batches(self, start_batch: int) -> Iterable[dict[str, Any]]:
+        d = self.cfg.data
+        split = d.train_split
+        source: dict[str, Any] = (
+            {"items": folder_samples(self.card.folder(split))}
+            if self.card.format == "folder"
+            else {"urls": self.card.shard_urls(split)}
+        )
+        rank, world = self._rank()
+        stream = SampleStream(
+            **source,
+            decode=self._decoder(train=True),
+            collate=collate,
+            batch_size=d.batch_size,
+            seed=self.cfg.run.seed,
+            rank=rank,
+            world_size=world,
+            resampled=d.resampled,
+            shuffle_buffer=d.shuffle_buffer,
+            start_batch=start_batch,
+        )
+        return make_loader(stream, num_workers=d.num_workers, seed=self.cfg.run.seed)
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        logits = model(batch["image"])  # (B, num_classes)
+        loss = F.cross_entropy(logits.float(), batch["label"], label_smoothing=self.cfg.task.label_smoothing)
+        logs = {"loss": loss.detach(), "acc": (logits.argmax(-1) == batch["label"]).float().mean()}
+        aux = getattr(getattr(model, "module", model), "aux_loss", None)  # MoE load balancing; DDP wraps in .module
+        if isinstance(aux, Tensor) and aux.requires_grad:
+            loss = loss + self.cfg.task.aux_loss_weight * aux
+            logs["aux_loss"] = aux.detach()
+        return loss, logs
+
+    def evaluate(self, model: nn.Module) -> tuple[dict[str, float], SkipStats]:
+        d = self.cfg.data
+        if d.eval_split is None:
+            return {}, SkipStats()
+        rank, world = self._rank()
+        stream = eval_stream(
+            self.card,
+            d.eval_split,
+            decoder=self._decoder(train=False),
+            batch_size=d.eval_batch_size,
+            rank=rank,
+            world_size=world,
+        )
+        loader = make_loader(stream, num_workers=min(d.num_workers, 2))
+        return evaluate_classifier(model, loader, num_classes=len(self.classes), acc=self.acc)

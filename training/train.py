@@ -1,0 +1,343 @@
+"""The trainer: ``accelerate launch -m training.train RECIPE.yaml [key.sub=value ...]``.
+
+``python -m training.train`` runs the same recipe in one process. A run directory holds ``config.yaml``,
+``model.safetensors``, ``metrics.jsonl``, ``results.json``, TensorBoard logs and ``checkpoints/step-*``;
+``run.resume=latest`` continues from the newest complete checkpoint at the exact sample it stopped at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, gather_object, set_seed
+from tqdm.auto import tqdm
+
+from multimodal.config import ConfigError
+from multimodal.data import SkipStats
+
+from .checkpoint import atomic_write_text, find_latest, save_checkpoint
+from .config import TrainConfig
+from .ema import ModelEma
+from .optim import build_optimizer, build_scheduler
+from .tasks import build_task
+
+__all__ = ["TrainState", "load_config", "main", "train"]
+
+
+@dataclass
+class TrainState:
+    """What the trainer needs besides weights and optimizer to resume exactly; saved with every checkpoint."""
+
+    step: int = 0
+    samples: int = 0  # training samples seen, all ranks
+    batches: list[int] = field(default_factory=list)  # batches consumed, per rank
+    skips: dict[str, Any] = field(default_factory=dict)  # SkipStats of all ranks, up to the checkpoint
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "samples": self.samples, "batches": list(self.batches), "skips": self.skips}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.samples = int(state["step"]), int(state["samples"])
+        self.batches, self.skips = list(state["batches"]), dict(state["skips"])
+
+
+def load_config(recipe: str | Path, overrides: list[str]) -> TrainConfig:
+    """Read and fully check a recipe (model, dataset, run directory) before anything is written."""
+    cfg = TrainConfig.load(recipe, overrides)
+    cfg = build_task(cfg).resolve()
+    cfg.check_model()
+    resume_checkpoint(cfg)
+    return cfg
+
+
+def resume_checkpoint(cfg: TrainConfig) -> Path | None:
+    """The checkpoint to resume from, or None to start afresh; refuses to overwrite an existing run."""
+    run_dir = cfg.run_dir
+    resume = cfg.run.resume
+    if resume is None:
+        if (run_dir / "config.yaml").exists() and not cfg.run.overwrite:
+            raise ConfigError(
+                f"run directory {run_dir} already holds a run; continue it with run.resume=latest, "
+                "choose another run.name / run.out_dir, or start afresh with run.overwrite=true"
+            )
+        return None
+    if resume == "latest":
+        return find_latest(run_dir)
+    path = Path(resume)
+    if not (path / "accelerator").is_dir() or not (path / "state.json").is_file():
+        raise ConfigError(f"run.resume={resume!r} is not a complete checkpoint folder (checkpoints/step-*)")
+    return path
+
+
+def _warn_ignored_num_processes() -> None:
+    """`accelerate launch --cpu --num_processes N` starts one process; say so instead of training silently alone."""
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() != "true" or "WORLD_SIZE" in os.environ:
+        return
+    try:
+        parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return
+    args = [a.decode(errors="replace") for a in parent]
+    for i, a in enumerate(args):
+        m = re.fullmatch(r"--num_processes(?:=(\d+))?", a)
+        n = m and (m.group(1) or (args[i + 1] if i + 1 < len(args) else "1"))
+        if n and n.isdigit() and int(n) > 1:
+            print(
+                f"warning: `accelerate launch --cpu --num_processes {n}` starts ONE process (Accelerate ignores "
+                f"--num_processes with --cpu). For {n} CPU processes (gloo) use "
+                f"`accelerate launch --multi_gpu --num_processes {n}` or --config_file configs/accelerate/cpu.yaml",
+                file=sys.stderr,
+            )
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    run_dir = cfg.run_dir
+    # Without a GPU, cpu=True turns a torchrun launch (`--multi_gpu`) into gloo multi-CPU instead of N lone runs.
+    cpu = cfg.train.cpu or not torch.cuda.is_available()
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision=cfg.train.precision,
+        gradient_accumulation_steps=cfg.optim.accum,
+        log_with=list(cfg.train.log_with) or None,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+    )
+
+
+class MetricsLog:
+    """``metrics.jsonl`` on the main process, plus the Accelerate trackers."""
+
+    def __init__(self, acc: Accelerator, path: Path, resume_step: int | None) -> None:
+        self.acc, self.path = acc, path
+        if acc.is_main_process and resume_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        if not self.acc.is_main_process:
+            return
+        record = {"step": step, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in values.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.acc.log({k: v for k, v in values.items() if isinstance(v, (int, float))}, step=step)
+
+
+def _sum_across(acc: Accelerator, values: dict[str, float]) -> dict[str, float]:
+    """Sum scalars over all processes (every process must call this at the same step)."""
+    keys = sorted(values)
+    local = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=acc.device)
+    total = acc.reduce(local, reduction="sum") if acc.num_processes > 1 else local
+    return {k: total[i].item() for i, k in enumerate(keys)}
+
+
+def _gather_skips(acc: Accelerator, local: SkipStats) -> SkipStats:
+    merged = SkipStats()
+    for state in gather_object([local.state_dict()]) if acc.num_processes > 1 else [local.state_dict()]:
+        part = SkipStats()
+        part.load_state_dict(state)
+        merged.merge(part)
+    return merged
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train ``cfg`` to ``train.steps``; returns the final results (also written to ``results.json``)."""
+    _warn_ignored_num_processes()
+    acc = make_accelerator(cfg)
+    run_dir = cfg.run_dir
+    resume_from = resume_checkpoint(cfg)
+    if acc.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+        if resume_from is None and cfg.run.overwrite:
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    set_seed(cfg.run.seed)
+    task = build_task(cfg, acc)
+    with acc.main_process_first():
+        task.prepare_data()
+    model = task.build_model()
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
+    model, optimizer = acc.prepare(model, optimizer)
+    ema = ModelEma(acc.unwrap_model(model), cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+    state = TrainState(batches=[0] * acc.num_processes)
+    acc.register_for_checkpointing(scheduler, state, *([ema] if ema is not None else []))
+
+    if resume_from is not None:
+        acc.load_state(str(resume_from / "accelerator"))
+        if len(state.batches) != acc.num_processes:
+            acc.print(
+                f"warning: checkpoint written by {len(state.batches)} processes, resuming with {acc.num_processes}: "
+                "the data stream restarts at the same global sample count but not the same samples"
+            )
+            state.batches = [max(state.batches)] * acc.num_processes
+        acc.print(f"resumed from {resume_from} at step {state.step}")
+    elif cfg.run.resume == "latest":
+        acc.print(f"run.resume=latest: no checkpoint in {run_dir}, starting afresh")
+    metrics = MetricsLog(acc, run_dir / "metrics.jsonl", state.step if resume_from is not None else None)
+    if cfg.train.log_with:
+        acc.init_trackers(cfg.run.name, config=cfg.flat())
+
+    rank = acc.process_index
+    skips = SkipStats()
+    carried = SkipStats()
+    carried.load_state_dict(state.skips)
+    batches = iter(task.train_batches(state.batches[rank]))
+    params = [p for p in model.parameters() if p.requires_grad]
+    sums: dict[str, float] = {}
+    count, window_samples, window_start = 0, 0, time.perf_counter()
+    eval_results: dict[str, float] = {}
+    last_eval_step = -1
+    bar = tqdm(
+        total=cfg.train.steps, initial=state.step, disable=not (acc.is_main_process and cfg.train.progress),
+        desc=cfg.run.name, dynamic_ncols=True,
+    )  # fmt: skip
+
+    def checkpoint() -> None:
+        nonlocal skips
+        global_skips = _gather_skips(acc, skips)
+        carried.merge(global_skips)
+        skips = SkipStats()
+        state.skips = carried.state_dict()
+        state.batches = (
+            [int(b) for b in gather_object([state.batches[rank]])] if acc.num_processes > 1 else state.batches
+        )
+        save_checkpoint(
+            acc, run_dir, step=state.step, model=model, ema=ema.module if ema else None,
+            state={"step": state.step, "samples": state.samples, "batches": state.batches},
+            keep=cfg.train.keep_checkpoints,
+        )  # fmt: skip
+
+    def evaluate() -> dict[str, float]:
+        nonlocal last_eval_step
+        results, eval_skips = task.evaluate(model)
+        out = {f"eval/{k}": v for k, v in results.items()}
+        if ema is not None:
+            ema_results, _ = task.evaluate(ema.module)
+            out.update({f"eval_ema/{k}": v for k, v in ema_results.items()})
+        total_skipped = sum(_gather_skips(acc, eval_skips).samples.values())
+        if total_skipped:
+            out["eval/skipped_samples"] = total_skipped
+        last_eval_step = state.step
+        return out
+
+    keys_file = None
+    if cfg.train.record_keys:
+        (run_dir / "keys").mkdir(parents=True, exist_ok=True)
+        keys_file = open(run_dir / "keys" / f"rank-{rank}.txt", "a")  # noqa: SIM115 (closed after the loop)
+    stop = min(cfg.train.steps, cfg.train.stop_at or cfg.train.steps)
+    acc.print(
+        f"training {cfg.model.name} for {stop - state.step} steps on {acc.num_processes} process(es), {acc.device}"
+    )
+    model.train()
+    while state.step < stop:
+        for _ in range(cfg.optim.accum):
+            batch = next(batches)
+            state.batches[rank] += 1
+            skips.update(batch.pop("skipped"))
+            while not batch["size"]:  # every sample of the batch was unusable: take the next one
+                batch = next(batches)
+                state.batches[rank] += 1
+                skips.update(batch.pop("skipped"))
+            if keys_file is not None:
+                keys_file.write("".join(f"{state.step}\t{k}\n" for k in batch["key"]))
+            batch = {k: v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            with acc.accumulate(model):
+                loss, logs = task.loss(model, batch)
+                acc.backward(loss)
+                if acc.sync_gradients and cfg.optim.grad_clip:
+                    logs["grad_norm"] = acc.clip_grad_norm_(params, cfg.optim.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            count += 1
+            window_samples += batch["size"]
+        scheduler.step()
+        if ema is not None:
+            ema.update(acc.unwrap_model(model))
+        state.step += 1
+        bar.update(1)
+
+        if state.step % cfg.train.log_every == 0 or state.step == stop:
+            totals = _sum_across(acc, {**sums, "_count": count, "_samples": window_samples})
+            n, window_total = max(totals.pop("_count"), 1.0), totals.pop("_samples")
+            state.samples += int(window_total)
+            means = {f"train/{k}": v / n for k, v in totals.items()}
+            means["train/lr"] = scheduler.get_last_lr()[0]
+            means["train/samples_per_s"] = window_total / max(time.perf_counter() - window_start, 1e-9)
+            metrics.log(state.step, means)
+            bar.set_postfix(loss=f"{means.get('train/loss', math.nan):.4f}", lr=f"{means['train/lr']:.2e}")
+            sums, count, window_samples, window_start = {}, 0, 0, time.perf_counter()
+        if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and state.step < stop:
+            eval_results = evaluate()
+            metrics.log(state.step, eval_results)
+            acc.print(_format_eval(state.step, eval_results))
+        if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
+            checkpoint()
+    bar.close()
+    if keys_file is not None:
+        keys_file.close()
+
+    if last_eval_step != state.step:
+        eval_results = evaluate()
+        metrics.log(state.step, eval_results)
+    if find_latest(run_dir) is None or find_latest(run_dir).name != f"step-{state.step:08d}":
+        checkpoint()
+    else:
+        carried.merge(_gather_skips(acc, skips))
+    results = {
+        "step": state.step,
+        "samples": state.samples,
+        "num_processes": acc.num_processes,
+        "distributed_type": str(acc.distributed_type).rsplit(".", 1)[-1],
+        **eval_results,
+        "data": carried.to_json(),
+    }
+    if acc.is_main_process:
+        atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+        print(f"run {run_dir}: {state.step} steps, {state.samples} samples")
+        if eval_results:
+            print(_format_eval(state.step, eval_results))
+        print(carried.summary() or "data: no samples skipped")
+    acc.end_training()
+    return results
+
+
+def _format_eval(step: int, results: dict[str, Any]) -> str:
+    parts = [
+        f"{k.split('/', 1)[1]} {v:.4f}" if isinstance(v, float) else f"{k.split('/', 1)[1]} {v}"
+        for k, v in results.items()
+    ]
+    return f"eval @ step {step}: " + ", ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="accelerate launch -m training.train",
+        description="Train a model from a YAML recipe; key.sub=value arguments override the recipe.",
+    )
+    parser.add_argument("recipe", help="a recipe, e.g. configs/vit/shapes.yaml")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value, e.g. optim.lr=3e-4 train.steps=200")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.recipe, args.overrides)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {e}", file=sys.stderr)
+        return 2
+    train(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
