@@ -187,36 +187,28 @@ class SampleStream(IterableDataset):
         return itertools.count() if self.infinite else iter([0])
 
     def _shard_samples(self, consumer: int, consumers: int, events: list) -> Iterator[dict[str, Any]]:
-        read: Counter = Counter()
-        failed: set[str] = set()
+        errors: dict[str, str] = {}
+        current = ""
 
         def handler(exn: Exception) -> bool:
-            text = " ".join(map(str, exn.args))  # webdataset appends the url, or the open file's repr, to args
-            url = next((u for u in self.urls if u in text), "?")
-            expected = _expected_count(url) if url != "?" else None
-            lost = f", {expected - read[url]} of {expected} samples lost" if expected is not None else ""
-            msg = str(exn.args[0]) if exn.args else type(exn).__name__
-            events.append(("shard", url, f"unreadable after {read[url]} samples ({msg}){lost}"))
-            failed.add(url)
+            errors.setdefault(current, str(exn.args[0]).split(" @ ")[0] if exn.args else type(exn).__name__)
             return True
 
         def opened(urls: list[str]) -> Iterator[dict[str, Any]]:
+            nonlocal current
             for url in urls:
-                read[url] = 0
+                current, read = url, 0
+                errors.pop(url, None)
                 for sample in wds.tariterators.tarfile_samples([{"url": url}], handler=handler):
-                    read[url] += 1
+                    read += 1
                     yield sample
+                # A shard cut inside a tar header ends quietly: the count in _stats.json is the only witness.
                 expected = _expected_count(url)
-                if url not in failed and expected is not None and read[url] < expected:
-                    # tarfile ends quietly when a shard is cut inside a header: the count is the only witness
-                    lost = expected - read[url]
-                    events.append(
-                        (
-                            "shard",
-                            url,
-                            f"truncated: ended after {read[url]} samples, {lost} of {expected} samples lost",
-                        )
-                    )
+                lost = f", {expected - read} of {expected} samples lost" if expected and read < expected else ""
+                if url in errors:
+                    events.append(("shard", url, f"unreadable after {read} samples ({errors[url]}){lost}"))
+                elif lost:
+                    events.append(("shard", url, f"truncated: ended after {read} samples{lost}"))
 
         if self.resampled:  # each consumer draws its own shards with replacement, one "epoch" = len(urls) draws
             rng = random.Random(f"{self.seed}-resampled-{consumer}")
