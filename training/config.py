@@ -20,7 +20,6 @@ class RunConfig(Config):
     name: str = "run"
     out_dir: str | None = None  # default: runs/<name>
     seed: int = 0
-    resume: str | None = None  # "latest" or a checkpoint directory
     overwrite: bool = False  # allow starting afresh in a run directory that holds a run
 
 
@@ -93,6 +92,7 @@ class TrainConfig(Config):
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     train: TrainLoopConfig = dataclasses.field(default_factory=TrainLoopConfig)
+    resume: str | None = None  # "latest" (the newest complete checkpoint of the run) or a checkpoint folder
 
     def __post_init__(self) -> None:
         checks = [

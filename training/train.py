@@ -2,7 +2,7 @@
 
 ``python -m training.train`` runs the same recipe in one process. A run directory holds ``config.yaml``,
 ``model.safetensors``, ``metrics.jsonl``, ``results.json``, TensorBoard logs and ``checkpoints/step-*``;
-``run.resume=latest`` continues from the newest complete checkpoint at the exact sample it stopped at.
+``resume=latest`` continues from the newest complete checkpoint at the exact sample it stopped at.
 """
 
 from __future__ import annotations
@@ -64,11 +64,11 @@ def load_config(recipe: str | Path, overrides: list[str]) -> TrainConfig:
 def resume_checkpoint(cfg: TrainConfig) -> Path | None:
     """The checkpoint to resume from, or None to start afresh; refuses to overwrite an existing run."""
     run_dir = cfg.run_dir
-    resume = cfg.run.resume
+    resume = cfg.resume
     if resume is None:
         if (run_dir / "config.yaml").exists() and not cfg.run.overwrite:
             raise ConfigError(
-                f"run directory {run_dir} already holds a run; continue it with run.resume=latest, "
+                f"run directory {run_dir} already holds a run; continue it with resume=latest, "
                 "choose another run.name / run.out_dir, or start afresh with run.overwrite=true"
             )
         return None
@@ -76,7 +76,7 @@ def resume_checkpoint(cfg: TrainConfig) -> Path | None:
         return find_latest(run_dir)
     path = Path(resume)
     if not (path / "accelerator").is_dir() or not (path / "state.json").is_file():
-        raise ConfigError(f"run.resume={resume!r} is not a complete checkpoint folder (checkpoints/step-*)")
+        raise ConfigError(f"resume={resume!r} is not a complete checkpoint folder (checkpoints/step-*)")
     return path
 
 
@@ -181,8 +181,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             )
             state.batches = [max(state.batches)] * acc.num_processes
         acc.print(f"resumed from {resume_from} at step {state.step}")
-    elif cfg.run.resume == "latest":
-        acc.print(f"run.resume=latest: no checkpoint in {run_dir}, starting afresh")
+    elif cfg.resume == "latest":
+        acc.print(f"resume=latest: no checkpoint in {run_dir}, starting afresh")
     metrics = MetricsLog(acc, run_dir / "metrics.jsonl", state.step if resume_from is not None else None)
     if cfg.train.log_with:
         acc.init_trackers(cfg.run.name, config=cfg.flat())
@@ -199,7 +199,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     last_eval_step = -1
     bar = tqdm(
         total=cfg.train.steps, initial=state.step, disable=not (acc.is_main_process and cfg.train.progress),
-        desc=cfg.run.name, dynamic_ncols=True,
+        desc=cfg.run.name, dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0,
     )  # fmt: skip
 
     def checkpoint() -> None:
@@ -276,7 +276,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             means["train/lr"] = scheduler.get_last_lr()[0]
             means["train/samples_per_s"] = window_total / max(time.perf_counter() - window_start, 1e-9)
             metrics.log(state.step, means)
-            bar.set_postfix(loss=f"{means.get('train/loss', math.nan):.4f}", lr=f"{means['train/lr']:.2e}")
+            bar.set_postfix(
+                loss=f"{means.get('train/loss', math.nan):.4f}", lr=f"{means['train/lr']:.2e}", refresh=False
+            )
             sums, count, window_samples, window_start = {}, 0, 0, time.perf_counter()
         if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and state.step < stop:
             eval_results = evaluate()

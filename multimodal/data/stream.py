@@ -105,23 +105,22 @@ def _expected_count(url: str) -> int | None:
     return int(count) if isinstance(count, int) else None
 
 
-def folder_samples(root: str | Path, classes: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
-    """Raw samples ``{"__key__", "__url__", "__path__", "cls"}`` for ``root/<class>/<image>``, sorted."""
-    from .cards import IMAGE_EXTENSIONS
+def folder_samples(root: str | Path) -> list[dict[str, Any]]:
+    """Raw samples ``{"__key__", "__url__", "__path__", "cls"}`` of ``root/<class>/<image>``, in torchvision
+    ``ImageFolder`` order and class indices (sorted class folders)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
     root = Path(root)
-    dirs = sorted(d for d in root.iterdir() if d.is_dir())
-    if not dirs:
-        raise FileNotFoundError(f"{root} has no class subfolders")
-    out = []
-    for index, d in enumerate(dirs):
-        for f in sorted(d.rglob("*")):
-            if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file():
-                key = str(f.relative_to(root).with_suffix(""))
-                out.append({"__key__": key, "__url__": str(d), "__path__": str(f), "cls": index})
-    if not out:
-        raise FileNotFoundError(f"no images with extensions {IMAGE_EXTENSIONS} under {root}")
-    return out
+    try:
+        _, class_to_idx = find_classes(str(root))
+        pairs = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{root} is not an image folder with class subfolders: {e}") from None
+    return [
+        {"__key__": str(Path(path).relative_to(root).with_suffix("")), "__url__": str(Path(path).parent),
+         "__path__": path, "cls": index}
+        for path, index in pairs
+    ]  # fmt: skip
 
 
 class SampleStream(IterableDataset):

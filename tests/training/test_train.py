@@ -45,14 +45,15 @@ def _cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.
     )  # fmt: skip
 
 
-def test_resume_mid_run_gives_bitwise_identical_weights(tiny_shapes, tmp_path):
-    straight = tiny_recipe(tiny_shapes, tmp_path / "straight")
+@pytest.mark.parametrize("accum", [1, 2])
+def test_resume_mid_run_gives_bitwise_identical_weights(tiny_shapes, tmp_path, accum):
+    straight = tiny_recipe(tiny_shapes, tmp_path / "straight", optim={"accum": accum})
     _train(tmp_path, straight)
-    interrupted = tiny_recipe(tiny_shapes, tmp_path / "resumed")
+    interrupted = tiny_recipe(tiny_shapes, tmp_path / "resumed", optim={"accum": accum})
     first = _train(tmp_path, interrupted, ["train.stop_at=4"])
     assert first["step"] == 4
     assert [s for s, _ in list_checkpoints(tmp_path / "resumed")] == [4]
-    second = _train(tmp_path, interrupted, ["run.resume=latest"])
+    second = _train(tmp_path, interrupted, ["resume=latest"])
     assert second["step"] == 8
     a = load_file(tmp_path / "straight" / "model.safetensors")
     b = load_file(tmp_path / "resumed" / "model.safetensors")
@@ -60,6 +61,23 @@ def test_resume_mid_run_gives_bitwise_identical_weights(tiny_shapes, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
     steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and steps.count(4) == 2  # train + eval record at 4, none duplicated by resuming
+    state = json.loads((tmp_path / "resumed" / "checkpoints" / "step-00000008" / "state.json").read_text())
+    assert state["batches"] == [8 * accum] and second["samples"] == 8 * accum * 16
+
+
+def test_ema_bf16_and_tensorboard(tiny_shapes, tmp_path):
+    recipe = tiny_recipe(
+        tiny_shapes, tmp_path / "run",
+        train={"steps": 4, "ema_decay": 0.5, "precision": "bf16", "log_with": ["tensorboard"], "checkpoint_every": 0},
+    )  # fmt: skip
+    results = _train(tmp_path, recipe)
+    assert 0.0 <= results["eval_ema/top1"] <= 1.0 and 0.0 <= results["eval/top1"] <= 1.0
+    raw = load_file(tmp_path / "run" / "model.safetensors")
+    ema = load_file(tmp_path / "run" / "model_ema.safetensors")
+    assert raw.keys() == ema.keys() and not torch.equal(raw["head.weight"], ema["head.weight"])
+    assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))
+    model = load_checkpoint(tmp_path / "run")  # EMA weights by default when the run kept them
+    assert torch.equal(model.head.weight, ema["head.weight"])
 
 
 def test_loss_falls_and_checkpoint_loads(tiny_shapes, tmp_path):
@@ -102,7 +120,7 @@ def test_unknown_key_exits_nonzero_naming_the_nearest_and_writes_nothing(tiny_sh
 def test_existing_run_is_not_overwritten(tiny_shapes, tmp_path):
     recipe = tiny_recipe(tiny_shapes, tmp_path / "run", train={"steps": 2, "checkpoint_every": 0})
     _train(tmp_path, recipe)
-    with pytest.raises(ValueError, match=r"already holds a run; continue it with run\.resume=latest"):
+    with pytest.raises(ValueError, match=r"already holds a run; continue it with resume=latest"):
         _train(tmp_path, recipe)
 
 
