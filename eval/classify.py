@@ -141,7 +141,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             Path(args.out) if args.out else Path(args.checkpoint) / "eval" / f"classify_{card.name}_{args.split}.json"
         )
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(out)
         print(f"wrote {out}")
         if skips.total:
             print(skips.summary())

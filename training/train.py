@@ -283,7 +283,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and state.step < stop:
             eval_results = evaluate()
             metrics.log(state.step, eval_results)
-            acc.print(_format_eval(state.step, eval_results))
+            acc.print(_format_eval(state.step, eval_results, cfg.data.eval_split))
         if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
             checkpoint()
     bar.close()
@@ -309,18 +309,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
         print(f"run {run_dir}: {state.step} steps, {state.samples} samples")
         if eval_results:
-            print(_format_eval(state.step, eval_results))
+            print(_format_eval(state.step, eval_results, cfg.data.eval_split))
         print(carried.summary() or "data: no samples skipped")
     acc.end_training()
     return results
 
 
-def _format_eval(step: int, results: dict[str, Any]) -> str:
+def _format_eval(step: int, results: dict[str, Any], split: str | None) -> str:
     parts = [
         f"{k.split('/', 1)[1]} {v:.4f}" if isinstance(v, float) else f"{k.split('/', 1)[1]} {v}"
         for k, v in results.items()
     ]
-    return f"eval @ step {step}: " + ", ".join(parts)
+    return f"eval on the held-out '{split}' split @ step {step}: " + ", ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:

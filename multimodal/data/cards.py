@@ -20,7 +20,6 @@ from ..config import Config, ConfigError, suggest
 __all__ = ["DatasetCard", "SplitSpec", "data_root", "ensure_dataset", "find_cards_dir", "load_card"]
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -162,3 +162,21 @@ def test_two_processes_train_on_different_samples(tiny_shapes, tmp_path):
     assert len(keys[0]) == len(keys[1]) == 8 * 16
     assert not set(keys[0]) & set(keys[1])
     assert results["samples"] == 2 * 8 * 16
+
+
+def test_image_folder_dataset_trains_and_evaluates(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "folder"
+    for split, n in (("train", 24), ("test", 8)):
+        for cls, colour in (("red_things", (220, 20, 20)), ("blue_things", (20, 20, 220))):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (40, 30), colour).save(root / split / cls / f"{i}.png")
+    recipe = tiny_recipe(root, tmp_path / "run", train={"steps": 20, "checkpoint_every": 0})
+    recipe["data"].update(dataset=str(root), label=None, shuffle_buffer=0)
+    results = _train(tmp_path, recipe)
+    assert results["eval/num_samples"] == 16 and results["eval/num_classes_present"] == 2
+    assert results["eval/top1"] == 1.0  # solid red vs solid blue
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert cfg["data"]["label"] == "label" and cfg["model"]["args"]["num_classes"] == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any
 
@@ -13,7 +14,7 @@ from multimodal.data import SkipStats
 from ..config import TrainConfig
 
 
-class Task:
+class Task(ABC):
     """A family plugs into the trainer by subclassing this.
 
     The trainer calls, in order: ``resolve`` (fill in config values the data decides, before anything is
@@ -28,7 +29,7 @@ class Task:
     def resolve(self) -> TrainConfig:
         return self.cfg
 
-    def prepare_data(self) -> None:
+    def prepare_data(self) -> None:  # noqa: B027 (optional hook: most tasks have nothing to build)
         """Build generated datasets if missing; called on the main process before the others."""
 
     def build_model(self) -> nn.Module:
@@ -36,13 +37,13 @@ class Task:
 
         return create_model(self.cfg.model.name, **self.cfg.model.args)
 
+    @abstractmethod
     def train_batches(self, start_batch: int) -> Iterable[dict[str, Any]]:
         """An endless, deterministic stream of this rank's batches, starting after ``start_batch`` of them."""
-        raise NotImplementedError
 
+    @abstractmethod
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss to minimise and detached scalars to log."""
-        raise NotImplementedError
 
     def evaluate(self, model: nn.Module) -> tuple[dict[str, float], SkipStats]:
         """Metrics computed on every rank's share of the evaluation split, identical on all ranks."""
