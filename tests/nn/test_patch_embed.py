@@ -46,3 +46,24 @@ def test_wrong_image_size_raises() -> None:
         PatchEmbed(10, 4)
     with pytest.raises(ValueError, match="patch_size"):
         PatchEmbed(8, (4, 4, 4))
+
+
+def test_conv_stem_grid_and_reference():
+    from multimodal.nn import ConvStem
+
+    stem = ConvStem(32, 8, 3, 24, width=8).eval()
+    assert stem.grid_size == (4, 4) and stem.num_patches == 16
+    assert len([m for m in stem.stages if isinstance(m, torch.nn.Conv2d)]) == 3  # log2(8) stride-2 stages
+    x = torch.randn(2, 3, 32, 32)
+    ref = stem.proj(stem.stages(x)).flatten(2).transpose(1, 2)
+    out = stem(x)
+    assert out.shape == (2, 16, 24)
+    assert torch.equal(out, ref)
+    # token (r, c) sees only its own neighbourhood: changing the far corner leaves token (0, 0) unchanged
+    y = x.clone()
+    y[..., 24:, 24:] += 1.0
+    assert torch.equal(stem(y)[:, 0], out[:, 0])
+    with pytest.raises(ValueError, match="power-of-two patch_size"):
+        ConvStem(32, 6, 3, 24)
+    with pytest.raises(ValueError, match="expected images of shape"):
+        stem(torch.randn(1, 3, 16, 16))
