@@ -1,0 +1,136 @@
+"""Image-text retrieval with a CLIP run: ``python -m eval.retrieval --checkpoint RUN --dataset NAME --split test``.
+
+Image-to-text and text-to-image recall@1/5/10 over a split's (image, caption) pairs. A retrieved caption counts
+as correct when its text equals the query image's own caption (and likewise for images), so identical captions
+of different images, common in templated data, are not scored as misses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from multimodal import load_checkpoint
+from multimodal.checkpoint import read_run_config
+from multimodal.config import ConfigError
+from multimodal.data import SampleDecoder, load_card, make_loader
+from multimodal.data.cards import ensure_dataset
+
+from .classify import eval_stream
+from .metrics import gather_rows
+
+__all__ = ["main", "recall_at_k", "retrieval_evaluate"]
+
+
+def recall_at_k(sim: Tensor, positives: Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[int, float]:
+    """Share of queries (rows of ``sim``) with a positive among their top-k; ``positives`` is (Q, K) bool."""
+    if not positives.any(dim=1).all():
+        raise ValueError("every query needs at least one positive")
+    ranked = sim.argsort(dim=1, descending=True)  # (Q, K)
+    hits = positives.gather(1, ranked)  # (Q, K) in rank order
+    return {k: hits[:, : min(k, sim.shape[1])].any(dim=1).float().mean().item() for k in ks}
+
+
+@torch.no_grad()
+def retrieval_evaluate(
+    model: nn.Module, tokenizer, batches, *, acc: Accelerator | None = None, progress: bool = False
+) -> dict[str, float]:
+    """Recall@1/5/10 both ways over all ranks' (image, caption) pairs."""
+    was_training = model.training
+    model.eval()
+    device = acc.device if acc is not None else next(model.parameters()).device
+    img, txt, captions = [], [], []
+    for batch in tqdm(batches, desc="retrieval", disable=not progress, leave=False):
+        if not batch["size"]:
+            continue
+        img.append(model.encode_image(batch["image"].to(device), normalize=True).float().cpu())
+        txt.append(model.encode_text(tokenizer(batch["text"]).to(device), normalize=True).float().cpu())
+        captions += batch["text"]
+    model.train(was_training)
+    dim = model.cfg.embed_dim
+    img_all = gather_rows(acc, torch.cat(img) if img else torch.zeros(0, dim))
+    txt_all = gather_rows(acc, torch.cat(txt) if txt else torch.zeros(0, dim))
+    if acc is not None and acc.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        captions = gather_object(captions)
+    if not captions:
+        raise ValueError("no (image, caption) pairs were evaluated")
+    ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+    caption_id = torch.tensor([ids[c] for c in captions])
+    same = caption_id[:, None] == caption_id[None, :]  # (N, N) pairs sharing a caption text
+    sim = img_all @ txt_all.t()  # (N images, N texts)
+    out = {"num_pairs": len(captions), "distinct_captions": len(ids)}
+    out.update({f"image_to_text_R@{k}": v for k, v in recall_at_k(sim, same).items()})
+    out.update({f"text_to_image_R@{k}": v for k, v in recall_at_k(sim.t(), same).items()})
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from multimodal.tokenizers import ClipTokenizer
+
+    cfg = read_run_config(args.checkpoint)
+    data = cfg.get("data", {})
+    card = load_card(args.dataset or data.get("dataset", "shapes"))
+    card.split(args.split)
+    ensure_dataset(card)
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    model = load_checkpoint(args.checkpoint).to(acc.device)
+    if not hasattr(model, "encode_text"):
+        raise ConfigError(f"{args.checkpoint} holds a {type(model).__name__}, not a CLIP model")
+    decoder = SampleDecoder(
+        image_size=int(data.get("image_size", 224)),
+        text_key=card.text_key,
+        mean=tuple(data.get("mean", (0.48145466, 0.4578275, 0.40821073))),
+        std=tuple(data.get("std", (0.26862954, 0.26130258, 0.27577711))),
+    )
+    stream = eval_stream(
+        card, args.split, decoder=decoder, batch_size=args.batch_size, rank=acc.process_index,
+        world_size=acc.num_processes,
+    )  # fmt: skip
+    tokenizer = ClipTokenizer(context_length=model.cfg.text.context_length)
+    metrics = retrieval_evaluate(
+        model, tokenizer, make_loader(stream, num_workers=args.workers), acc=acc, progress=acc.is_main_process
+    )
+    out = {"checkpoint": str(args.checkpoint), "dataset": card.name, "split": args.split, **metrics}
+    if acc.is_main_process:
+        for key, value in out.items():
+            print(f"{key:<22} {value:.4f}" if isinstance(value, float) else f"{key:<22} {value}")
+        path = (
+            Path(args.out) if args.out else Path(args.checkpoint) / "eval" / f"retrieval_{card.name}_{args.split}.json"
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(out, indent=2) + "\n")
+        tmp.replace(path)
+        print(f"wrote {path}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval.retrieval", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--dataset", help="card name, card path (default: the training dataset)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", help="JSON path (default: RUN/eval/retrieval_<dataset>_<split>.json)")
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Zero-shot classification with a CLIP run: ``python -m eval.zeroshot --checkpoint RUN --dataset NAME|CARD|FOLDER``.
+
+Class names and prompt templates come from the dataset card; an ImageNet folder (1,000 WordNet-id class folders)
+gets open_clip's ImageNet class names and the 80 OpenAI templates. Prints top-1, top-5 and mean per-class recall
+for each split beside chance level, and writes them as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from multimodal import load_checkpoint
+from multimodal.checkpoint import read_run_config
+from multimodal.config import ConfigError
+from multimodal.data import SampleDecoder, load_card, make_loader
+from multimodal.data.cards import DatasetCard, ensure_dataset
+from multimodal.pipelines.zeroshot import ZeroShotClassifier, imagenet_classnames, imagenet_templates
+
+from .classify import eval_stream, evaluate_classifier
+
+__all__ = ["card_prompts", "main", "zeroshot_evaluate"]
+
+
+def card_prompts(card: DatasetCard, label: str, templates: str | None = None) -> tuple[list[str], list[str]]:
+    """Class names and templates for zero-shot: the card's, or ImageNet's for a WordNet-id image folder."""
+    names = list(card.class_names(label))
+    wordnet = len(names) == 1000 and all(re.fullmatch(r"n\d{8}", n) for n in names)
+    if wordnet:
+        names = imagenet_classnames()
+    if templates in ("openai", "simple"):
+        return names, imagenet_templates(templates)
+    if templates is not None:
+        raise ConfigError(f"--templates must be 'openai', 'simple' or omitted (the card's), got {templates!r}")
+    return names, imagenet_templates("openai") if wordnet else list(card.templates)
+
+
+def zeroshot_evaluate(
+    model: nn.Module,
+    tokenizer,
+    card: DatasetCard,
+    *,
+    splits: list[str],
+    label: str,
+    decoder: SampleDecoder,
+    acc: Accelerator | None = None,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    templates: str | None = None,
+) -> dict[str, dict[str, float]]:
+    """Zero-shot metrics per split, each rank evaluating its share and results gathered on all ranks."""
+    classnames, prompts = card_prompts(card, label, templates)
+    was_training = model.training
+    model.eval()
+    classifier = ZeroShotClassifier(model, tokenizer, classnames, prompts)
+    rank, world = (acc.process_index, acc.num_processes) if acc is not None else (0, 1)
+    results = {}
+    for split in splits:
+        stream = eval_stream(card, split, decoder=decoder, batch_size=batch_size, rank=rank, world_size=world)
+        metrics, skips = evaluate_classifier(
+            classifier, make_loader(stream, num_workers=num_workers), num_classes=len(classnames), acc=acc
+        )
+        metrics["chance_top1"] = 1.0 / len(classnames)
+        metrics["chance_top5"] = min(5, len(classnames)) / len(classnames)
+        metrics["skipped_samples"] = skips.total
+        results[split] = metrics
+    model.train(was_training)
+    return results
+
+
+def format_results(results: dict[str, dict[str, float]], title: str) -> str:
+    lines = [title, f"{'split':<10} {'top1':>7} {'(chance)':>9} {'top5':>7} {'(chance)':>9} {'mpcr':>7} {'n':>6}"]
+    for split, m in results.items():
+        top5 = next(v for k, v in m.items() if re.fullmatch(r"top\d", k) and k != "top1")
+        lines.append(
+            f"{split:<10} {m['top1']:>7.4f} {m['chance_top1']:>9.4f} {top5:>7.4f} {m['chance_top5']:>9.4f} "
+            f"{m['mean_per_class_recall']:>7.4f} {m['num_samples']:>6}"
+        )
+    return "\n".join(lines)
+
+
+def default_splits(card: DatasetCard) -> list[str]:
+    """Every split but the training one (shapes: test and heldout)."""
+    splits = [s for s in card.splits if s not in ("train", "all")]
+    return splits or list(card.splits)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from multimodal.tokenizers import ClipTokenizer
+
+    cfg = read_run_config(args.checkpoint)
+    data = cfg.get("data", {})
+    card = load_card(args.dataset or data.get("dataset", "shapes"))
+    label = args.label or next(iter(card.labels), None)
+    if label is None:
+        raise ConfigError(f"dataset {card.name!r} has no labels to classify")
+    splits = args.split or default_splits(card)
+    for split in splits:
+        card.split(split)
+    ensure_dataset(card)
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    model = load_checkpoint(args.checkpoint, ema=False if args.no_ema else None).to(acc.device)
+    if not hasattr(model, "encode_text"):
+        raise ConfigError(f"{args.checkpoint} holds a {type(model).__name__}, not a CLIP model; use eval.classify")
+    tokenizer = ClipTokenizer(context_length=model.cfg.text.context_length)
+    decoder = SampleDecoder(
+        image_size=int(data.get("image_size", 224)),
+        label_key="cls" if card.format == "folder" else label,
+        mean=tuple(data.get("mean", (0.48145466, 0.4578275, 0.40821073))),
+        std=tuple(data.get("std", (0.26862954, 0.26130258, 0.27577711))),
+    )
+    results = zeroshot_evaluate(
+        model, tokenizer, card, splits=splits, label=label, decoder=decoder, acc=acc,
+        batch_size=args.batch_size, num_workers=args.workers, templates=args.templates,
+    )  # fmt: skip
+    out = {"checkpoint": str(args.checkpoint), "dataset": card.name, "label": label, "splits": results}
+    if acc.is_main_process:
+        print(format_results(results, f"zero-shot {card.name}:{label} ({len(card.class_names(label))} classes)"))
+        path = Path(args.out) if args.out else Path(args.checkpoint) / "eval" / f"zeroshot_{card.name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(out, indent=2) + "\n")
+        tmp.replace(path)
+        print(f"wrote {path}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval.zeroshot", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="a CLIP run directory or checkpoints/step-* folder")
+    parser.add_argument("--dataset", help="card name, card path or image folder (default: the training dataset)")
+    parser.add_argument("--split", action="append", help="split to evaluate (repeatable; default: all but train)")
+    parser.add_argument("--label", help="label key of the card (default: its first)")
+    parser.add_argument("--templates", help="'openai' (80 ImageNet templates) or 'simple'; default: the card's")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-ema", action="store_true", help="use the raw weights even if the run kept an EMA")
+    parser.add_argument("--out", help="JSON path (default: RUN/eval/zeroshot_<dataset>.json)")
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
