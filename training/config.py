@@ -25,9 +25,12 @@ class RunConfig(Config):
 
 @dataclasses.dataclass(frozen=True)
 class TaskConfig(Config):
-    name: Literal["classification"] = "classification"
-    label_smoothing: float = 0.0
+    name: Literal["classification", "clip"] = "classification"
+    label_smoothing: float = 0.0  # classification
     aux_loss_weight: float = 0.01  # mixture-of-experts load balancing (Switch Transformer's alpha)
+    loss: Literal["clip", "siglip"] = "clip"  # clip: contrastive loss of the image and text towers
+    grad_cache_chunks: int = 1  # clip: exact gradient of a batch computed in this many chunks (GradCache)
+    zeroshot_splits: tuple[str, ...] = ()  # clip: splits to zero-shot classify (default: data.eval_split)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -252,12 +252,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 keys_file.write("".join(f"{state.step}\t{k}\n" for k in batch["key"]))
             batch = {k: v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
             with acc.accumulate(model):
-                loss, logs = task.loss(model, batch)
-                acc.backward(loss)
+                logs = task.step(acc, model, batch)
                 if acc.sync_gradients and cfg.optim.grad_clip:
                     logs["grad_norm"] = acc.clip_grad_norm_(params, cfg.optim.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                if acc.sync_gradients:
+                    task.after_step(acc.unwrap_model(model))
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             count += 1

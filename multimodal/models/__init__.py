@@ -1,6 +1,19 @@
 """Model families; importing this package registers every model with ``create_model``."""
 
+from .clip import CLIP, ClipConfig, ClipTextConfig, ClipVisionConfig, TextTransformer
 from .registry import create_model, list_models, register_model
-from .vit import VisionTransformer, VitConfig
+from .vit import AttentionPool, VisionTransformer, VitConfig
 
-__all__ = ["VisionTransformer", "VitConfig", "create_model", "list_models", "register_model"]
+__all__ = [
+    "CLIP",
+    "AttentionPool",
+    "ClipConfig",
+    "ClipTextConfig",
+    "ClipVisionConfig",
+    "TextTransformer",
+    "VisionTransformer",
+    "VitConfig",
+    "create_model",
+    "list_models",
+    "register_model",
+]

@@ -3,7 +3,7 @@
 from .attention import Attention
 from .block import Block, LayerScale, build_mlp
 from .drop_path import DropPath, drop_path
-from .mlp import Mlp, SwiGLU
+from .mlp import Mlp, QuickGELU, SwiGLU, get_act_layer
 from .moe import MoEMlp, switch_load_balancing_loss
 from .norm import RMSNorm, build_norm
 from .patch_embed import ConvStem, PatchEmbed
@@ -20,12 +20,14 @@ __all__ = [
     "Mlp",
     "MoEMlp",
     "PatchEmbed",
+    "QuickGELU",
     "RMSNorm",
     "SwiGLU",
     "Transformer",
     "build_mlp",
     "build_norm",
     "drop_path",
+    "get_act_layer",
     "sincos_2d_embedding",
     "sinusoidal_embedding",
     "switch_load_balancing_loss",

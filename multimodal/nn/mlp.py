@@ -1,12 +1,31 @@
-"""Feed-forward layers of a transformer block: the classic two-layer ``Mlp`` and the gated ``SwiGLU``.
+"""Feed-forward layers of a transformer block: the classic two-layer ``Mlp``, the gated ``SwiGLU``, ``QuickGELU``.
 
 ``Mlp`` uses timm's submodule names (``fc1``, ``act``, ``fc2``) so timm ViT weights load by name.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+class QuickGELU(nn.Module):
+    """The sigmoid approximation of GELU OpenAI's CLIP was trained with: ``x * sigmoid(1.702 * x)``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(...) -> (...)."""
+        return x * torch.sigmoid(1.702 * x)
+
+
+ACT_LAYERS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
+
+
+def get_act_layer(name: str) -> type[nn.Module]:
+    """Activation class by name: "gelu" (exact, ``nn.GELU``) or "quick_gelu" (OpenAI CLIP's ``QuickGELU``)."""
+    if name not in ACT_LAYERS:
+        raise ValueError(f"unknown activation {name!r}; valid activations: {', '.join(ACT_LAYERS)}")
+    return ACT_LAYERS[name]
 
 
 class Mlp(nn.Module):

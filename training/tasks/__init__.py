@@ -7,10 +7,11 @@ from accelerate import Accelerator
 from ..config import TrainConfig
 from .base import Task
 from .classification import ClassificationTask
+from .clip import ClipTask
 
-__all__ = ["TASKS", "ClassificationTask", "Task", "build_task"]
+__all__ = ["TASKS", "ClassificationTask", "ClipTask", "Task", "build_task"]
 
-TASKS: dict[str, type[Task]] = {"classification": ClassificationTask}
+TASKS: dict[str, type[Task]] = {"classification": ClassificationTask, "clip": ClipTask}
 
 
 def build_task(cfg: TrainConfig, acc: Accelerator | None = None) -> Task:

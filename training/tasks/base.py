@@ -18,8 +18,8 @@ class Task(ABC):
     """A family plugs into the trainer by subclassing this.
 
     The trainer calls, in order: ``resolve`` (fill in config values the data decides, before anything is
-    written), ``prepare_data`` (main process first), ``build_model``, then ``train_batches`` and ``loss``
-    every step and ``evaluate`` every ``train.eval_every`` steps.
+    written), ``prepare_data`` (main process first), ``build_model``, then ``train_batches``, ``step`` (which calls
+    ``loss``) and ``after_step`` every step, and ``evaluate`` every ``train.eval_every`` steps.
     """
 
     def __init__(self, cfg: TrainConfig, acc: Accelerator | None) -> None:
@@ -44,6 +44,16 @@ class Task(ABC):
     @abstractmethod
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss to minimise and detached scalars to log."""
+
+    def step(self, acc: Accelerator, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Forward and backward of one (micro-)batch; returns the scalars to log. Override for custom backward
+        passes (e.g. gradient caching)."""
+        loss, logs = self.loss(model, batch)
+        acc.backward(loss)
+        return logs
+
+    def after_step(self, model: nn.Module) -> None:  # noqa: B027 (optional hook)
+        """Called with the unwrapped model after every optimizer step (e.g. to clamp CLIP's logit scale)."""
 
     def evaluate(self, model: nn.Module) -> tuple[dict[str, float], SkipStats]:
         """Metrics computed on every rank's share of the evaluation split, identical on all ranks."""

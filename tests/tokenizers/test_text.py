@@ -1,0 +1,63 @@
+"""multimodal.tokenizers.text: ClipTokenizer equals open_clip's tokenizer, offline."""
+
+from __future__ import annotations
+
+import pickle
+import socket
+
+import open_clip
+import pytest
+import torch
+
+from multimodal.tokenizers import ClipTokenizer
+
+TEXTS = [
+    "a photo of a cat",
+    "A RED circle above a blue square!",
+    "naïve café — déjà vu, 3.14 (x2) don't",
+    "",
+    "  many   spaces\tand\nnewlines  ",
+    " ".join(f"word{i}" for i in range(200)),  # far longer than any context
+]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args, **kwargs):
+        raise OSError("network access in a test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+@pytest.mark.parametrize("context_length", [77, 16])
+def test_equals_open_clip_tokenize(context_length: int) -> None:
+    tokenizer = ClipTokenizer(context_length)
+    tokens = tokenizer(TEXTS)
+    assert tokens.dtype == torch.long and tokens.shape == (len(TEXTS), context_length)
+    assert torch.equal(tokens, open_clip.tokenize(TEXTS, context_length=context_length))
+    assert torch.equal(tokens, open_clip.get_tokenizer("ViT-B-32", context_length=context_length)(TEXTS))
+    assert torch.equal(tokenizer(TEXTS[0]), tokens[:1])
+
+
+def test_layout_sot_tokens_eot_padding_and_truncation() -> None:
+    tokenizer = ClipTokenizer(16)
+    assert (tokenizer.vocab_size, tokenizer.sot_token_id, tokenizer.eot_token_id) == (49408, 49406, 49407)
+    short, empty, long = tokenizer(["a red circle", "", TEXTS[-1]])
+    assert short[:5].tolist() == [49406, 320, 736, 7117, 49407] and short[5:].eq(0).all()
+    assert empty[:2].tolist() == [49406, 49407] and empty[2:].eq(0).all()
+    assert long[0] == 49406 and long[-1] == 49407 and (long[1:-1] < 49406).all()  # truncated, eot kept last
+    assert (tokenizer(TEXTS).argmax(dim=-1) == (tokenizer(TEXTS) == 49407).int().argmax(dim=-1)).all()
+    assert tokenizer.encode("a red circle") == [320, 736, 7117]
+    assert tokenizer.decode(short) == "a red circle"
+
+
+def test_pickles_small_and_checks_input() -> None:
+    tokenizer = ClipTokenizer(32)
+    blob = pickle.dumps(tokenizer)
+    assert len(blob) < 200
+    assert torch.equal(pickle.loads(blob)(TEXTS), tokenizer(TEXTS))
+    with pytest.raises(ValueError, match="context_length must be an int >= 2"):
+        ClipTokenizer(1)
+    with pytest.raises(ValueError, match="expected a string or a list of strings"):
+        tokenizer(["ok", 3])
