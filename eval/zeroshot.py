@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = read_run_config(args.checkpoint)
     data = cfg.get("data", {})
     card = load_card(args.dataset or data.get("dataset", "shapes"))
-    label = args.label or next(iter(card.labels), None)
+    trained = data.get("label")
+    label = args.label or (trained if trained in card.labels else next(iter(card.labels), None))
     if label is None:
         raise ConfigError(f"dataset {card.name!r} has no labels to classify")
     splits = args.split or default_splits(card)
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="a CLIP run directory or checkpoints/step-* folder")
     parser.add_argument("--dataset", help="card name, card path or image folder (default: the training dataset)")
     parser.add_argument("--split", action="append", help="split to evaluate (repeatable; default: all but train)")
-    parser.add_argument("--label", help="label key of the card (default: its first)")
+    parser.add_argument("--label", help="label key of the card (default: the run's data.label, else the first)")
     parser.add_argument("--templates", help="'openai' (80 ImageNet templates) or 'simple'; default: the card's")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2)

@@ -141,7 +141,8 @@ class ClipTask(Task):
         # The logit scale's gradient comes from the loss on cached features, outside any forward pass, which
         # DDP's reducer cannot see: so every chunk runs without DDP sync and the gradients are averaged here.
         with acc.no_sync(model):
-            loss = cached_contrastive_backward(encode, split_batch(batch, chunks), loss_fn)
+            pairs = {"image": batch["image"], "tokens": batch["tokens"]}
+            loss = cached_contrastive_backward(encode, split_batch(pairs, chunks), loss_fn)
         if acc.num_processes > 1:
             _average_gradients(list(inner.parameters()), acc.num_processes)
         return {"loss": loss, "logit_scale": inner.logit_scale.exp().detach()}
