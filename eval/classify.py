@@ -6,7 +6,6 @@ Prints top-1, top-5 and mean per-class recall as a table and writes them as JSON
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,6 +23,7 @@ from multimodal.data import SampleDecoder, SampleStream, SkipStats, collate, loa
 from multimodal.data.cards import DatasetCard, ensure_dataset
 from multimodal.data.stream import folder_samples
 
+from .common import base_parser, run_cli, run_decoder, write_result
 from .metrics import classification_metrics, gather_rows
 
 __all__ = ["eval_stream", "evaluate_classifier", "main"]
@@ -111,12 +111,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"the model predicts {head.out_features} classes but {card.name}:{label} has {len(classes)}; "
             "pass the --dataset and --label the model was trained on"
         )
-    decoder = SampleDecoder(
-        image_size=int(data.get("image_size", 224)),
-        label_key="cls" if card.format == "folder" else label,
-        mean=tuple(data.get("mean", (0.485, 0.456, 0.406))),
-        std=tuple(data.get("std", (0.229, 0.224, 0.225))),
-    )
+    decoder = run_decoder(data, label_key="cls" if card.format == "folder" else label)
     stream = eval_stream(
         card,
         args.split,
@@ -137,36 +132,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["skipped_samples"] = skips.total
     if acc.is_main_process:
         print(format_table({k: v for k, v in result.items() if k not in ("checkpoint",)}))
-        out = (
-            Path(args.out) if args.out else Path(args.checkpoint) / "eval" / f"classify_{card.name}_{args.split}.json"
-        )
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(out)
-        print(f"wrote {out}")
+        default = Path(args.checkpoint) / "eval" / f"classify_{card.name}_{args.split}.json"
+        write_result(Path(args.out) if args.out else default, result)
         if skips.total:
             print(skips.summary())
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.classify", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="run directory or checkpoints/step-* folder")
-    parser.add_argument("--dataset", help="card name, card path or image folder (default: the training dataset)")
+    parser = base_parser("python -m eval.classify", __doc__, "RUN/eval/classify_<dataset>_<split>.json")
     parser.add_argument("--split", default="test")
     parser.add_argument("--label", help="label key of the card (default: the one trained on)")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights even if the run kept an EMA")
-    parser.add_argument("--out", help="JSON path (default: RUN/eval/classify_<dataset>_<split>.json)")
-    args = parser.parse_args(argv)
-    try:
-        run(args)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(run, parser, argv)
 
 
 if __name__ == "__main__":

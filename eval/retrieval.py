@@ -8,7 +8,6 @@ of different images, common in templated data, are not scored as misses.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,11 @@ from tqdm.auto import tqdm
 from multimodal import load_checkpoint
 from multimodal.checkpoint import read_run_config
 from multimodal.config import ConfigError
-from multimodal.data import SampleDecoder, load_card, make_loader
+from multimodal.data import load_card, make_loader
 from multimodal.data.cards import ensure_dataset
 
 from .classify import eval_stream
+from .common import base_parser, run_cli, run_decoder, write_result
 from .metrics import gather_rows
 
 __all__ = ["main", "recall_at_k", "retrieval_evaluate"]
@@ -86,12 +86,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model = load_checkpoint(args.checkpoint).to(acc.device)
     if not hasattr(model, "encode_text"):
         raise ConfigError(f"{args.checkpoint} holds a {type(model).__name__}, not a CLIP model")
-    decoder = SampleDecoder(
-        image_size=int(data.get("image_size", 224)),
-        text_key=card.text_key,
-        mean=tuple(data.get("mean", (0.48145466, 0.4578275, 0.40821073))),
-        std=tuple(data.get("std", (0.26862954, 0.26130258, 0.27577711))),
-    )
+    decoder = run_decoder(data, text_key=card.text_key)
     stream = eval_stream(
         card, args.split, decoder=decoder, batch_size=args.batch_size, rank=acc.process_index,
         world_size=acc.num_processes,
@@ -104,32 +99,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if acc.is_main_process:
         for key, value in out.items():
             print(f"{key:<22} {value:.4f}" if isinstance(value, float) else f"{key:<22} {value}")
-        path = (
-            Path(args.out) if args.out else Path(args.checkpoint) / "eval" / f"retrieval_{card.name}_{args.split}.json"
-        )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(out, indent=2) + "\n")
-        tmp.replace(path)
-        print(f"wrote {path}")
+        default = Path(args.checkpoint) / "eval" / f"retrieval_{card.name}_{args.split}.json"
+        write_result(Path(args.out) if args.out else default, out)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.retrieval", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--dataset", help="card name, card path (default: the training dataset)")
+    parser = base_parser("python -m eval.retrieval", __doc__, "RUN/eval/retrieval_<dataset>_<split>.json")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--out", help="JSON path (default: RUN/eval/retrieval_<dataset>_<split>.json)")
-    args = parser.parse_args(argv)
-    try:
-        run(args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(run, parser, argv)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ for each split beside chance level, and writes them as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from multimodal.data.cards import DatasetCard, ensure_dataset
 from multimodal.pipelines.zeroshot import ZeroShotClassifier, imagenet_classnames, imagenet_templates
 
 from .classify import eval_stream, evaluate_classifier
+from .common import base_parser, run_cli, run_decoder, write_result
 
 __all__ = ["card_prompts", "main", "zeroshot_evaluate"]
 
@@ -112,12 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not hasattr(model, "encode_text"):
         raise ConfigError(f"{args.checkpoint} holds a {type(model).__name__}, not a CLIP model; use eval.classify")
     tokenizer = ClipTokenizer(context_length=model.cfg.text.context_length)
-    decoder = SampleDecoder(
-        image_size=int(data.get("image_size", 224)),
-        label_key="cls" if card.format == "folder" else label,
-        mean=tuple(data.get("mean", (0.48145466, 0.4578275, 0.40821073))),
-        std=tuple(data.get("std", (0.26862954, 0.26130258, 0.27577711))),
-    )
+    decoder = run_decoder(data, label_key="cls" if card.format == "folder" else label)
     results = zeroshot_evaluate(
         model, tokenizer, card, splits=splits, label=label, decoder=decoder, acc=acc,
         batch_size=args.batch_size, num_workers=args.workers, templates=args.templates,
@@ -125,33 +120,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = {"checkpoint": str(args.checkpoint), "dataset": card.name, "label": label, "splits": results}
     if acc.is_main_process:
         print(format_results(results, f"zero-shot {card.name}:{label} ({len(card.class_names(label))} classes)"))
-        path = Path(args.out) if args.out else Path(args.checkpoint) / "eval" / f"zeroshot_{card.name}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(out, indent=2) + "\n")
-        tmp.replace(path)
-        print(f"wrote {path}")
+        default = Path(args.checkpoint) / "eval" / f"zeroshot_{card.name}.json"
+        write_result(Path(args.out) if args.out else default, out)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.zeroshot", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="a CLIP run directory or checkpoints/step-* folder")
-    parser.add_argument("--dataset", help="card name, card path or image folder (default: the training dataset)")
+    parser = base_parser("python -m eval.zeroshot", __doc__, "RUN/eval/zeroshot_<dataset>.json")
     parser.add_argument("--split", action="append", help="split to evaluate (repeatable; default: all but train)")
     parser.add_argument("--label", help="label key of the card (default: the run's data.label, else the first)")
     parser.add_argument("--templates", help="'openai' (80 ImageNet templates) or 'simple'; default: the card's")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights even if the run kept an EMA")
-    parser.add_argument("--out", help="JSON path (default: RUN/eval/zeroshot_<dataset>.json)")
-    args = parser.parse_args(argv)
-    try:
-        run(args)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(run, parser, argv)
 
 
 if __name__ == "__main__":

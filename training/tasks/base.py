@@ -26,6 +26,10 @@ class Task(ABC):
         self.cfg = cfg
         self.acc = acc
 
+    def rank_world(self) -> tuple[int, int]:
+        """This process's rank and the number of processes (0, 1 without an accelerator)."""
+        return (self.acc.process_index, self.acc.num_processes) if self.acc is not None else (0, 1)
+
     def resolve(self) -> TrainConfig:
         return self.cfg
 

@@ -56,9 +56,6 @@ class ClassificationTask(Task):
             seed=self.cfg.run.seed,
         )
 
-    def _rank(self) -> tuple[int, int]:
-        return (self.acc.process_index, self.acc.num_processes) if self.acc is not None else (0, 1)
-
     def train_batches(self, start_batch: int) -> Iterable[dict[str, Any]]:
         d = self.cfg.data
         split = d.train_split
@@ -67,7 +64,7 @@ class ClassificationTask(Task):
             if self.card.format == "folder"
             else {"urls": self.card.shard_urls(split)}
         )
-        rank, world = self._rank()
+        rank, world = self.rank_world()
         stream = SampleStream(
             **source,
             decode=self._decoder(train=True),
@@ -96,7 +93,7 @@ class ClassificationTask(Task):
         d = self.cfg.data
         if d.eval_split is None:
             return {}, SkipStats()
-        rank, world = self._rank()
+        rank, world = self.rank_world()
         stream = eval_stream(
             self.card,
             d.eval_split,

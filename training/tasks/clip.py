@@ -82,12 +82,9 @@ class ClipTask(Task):
             seed=self.cfg.run.seed,
         )
 
-    def _rank(self) -> tuple[int, int]:
-        return (self.acc.process_index, self.acc.num_processes) if self.acc is not None else (0, 1)
-
     def train_batches(self, start_batch: int) -> Iterable[dict[str, Any]]:
         d = self.cfg.data
-        rank, world = self._rank()
+        rank, world = self.rank_world()
         stream = SampleStream(
             urls=self.card.shard_urls(d.train_split),
             decode=self._decoder(train=True),
@@ -105,7 +102,7 @@ class ClipTask(Task):
     @property
     def loss_fn(self) -> nn.Module:
         if self._loss is None:
-            rank, world = self._rank()
+            rank, world = self.rank_world()
             kind = ClipLoss if self.cfg.task.loss == "clip" else SigLipLoss
             self._loss = kind(rank=rank, world_size=world)
         return self._loss

@@ -1,0 +1,58 @@
+"""What the evaluation CLIs share: the run's preprocessing, atomic JSON results, and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from multimodal.config import ConfigError
+from multimodal.data import SampleDecoder
+from multimodal.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["base_parser", "run_cli", "run_decoder", "write_result"]
+
+
+def run_decoder(data: dict[str, Any], *, label_key: str | None = None, text_key: str | None = None) -> SampleDecoder:
+    """The evaluation-time decoder of a run: its image size, mean and std (from ``config.yaml``'s data section)."""
+    return SampleDecoder(
+        image_size=int(data.get("image_size", 224)),
+        label_key=label_key,
+        text_key=text_key,
+        mean=tuple(data.get("mean", IMAGENET_MEAN)),
+        std=tuple(data.get("std", IMAGENET_STD)),
+    )
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    """Write ``result`` as JSON through a temporary file and a rename, then say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(path)
+    print(f"wrote {path}")
+
+
+def base_parser(prog: str, doc: str, out_help: str) -> argparse.ArgumentParser:
+    """--checkpoint, --dataset, --batch-size, --workers and --out, common to every evaluation CLI."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="run directory or checkpoints/step-* folder")
+    parser.add_argument("--dataset", help="card name, card path or image folder (default: the training dataset)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", help=f"JSON path (default: {out_help})")
+    return parser
+
+
+def run_cli(run: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse, run, and turn a user error into one line on stderr and exit status 2."""
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
