@@ -129,7 +129,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str, job: str) -> No
     try:
         torch.set_num_threads(1)
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=30))
+        dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=300))
         torch.save(JOBS[job](rank, world_size), Path(out_dir) / f"rank{rank}.pt")
         dist.destroy_process_group()
     except BaseException:
@@ -143,7 +143,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(job: str, world_size: int, out_dir: Path, timeout: float = 90.0) -> list[dict]:
+def launch(job: str, world_size: int, out_dir: Path, timeout: float = 600.0) -> list[dict]:
     """Run ``job`` on ``world_size`` gloo processes; returns each rank's results, failing the test on error or hang."""
     context = mp.get_context("spawn")
     port = free_port()
