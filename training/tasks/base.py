@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from accelerate import Accelerator
 from torch import Tensor, nn
 
-from multimodal.data import SkipStats
+from multimodal.data import SampleStream, SkipStats, make_loader
 
 from ..config import TrainConfig
 
@@ -29,6 +29,26 @@ class Task(ABC):
     def rank_world(self) -> tuple[int, int]:
         """This process's rank and the number of processes (0, 1 without an accelerator)."""
         return (self.acc.process_index, self.acc.num_processes) if self.acc is not None else (0, 1)
+
+    def train_loader(
+        self, source: dict[str, Any], *, decode: Callable, collate: Callable, start_batch: int
+    ) -> Iterable[dict[str, Any]]:
+        """The endless, resumable loader of ``data.train_split`` from ``source`` (``urls=`` or ``items=``)."""
+        d = self.cfg.data
+        rank, world = self.rank_world()
+        stream = SampleStream(
+            **source,
+            decode=decode,
+            collate=collate,
+            batch_size=d.batch_size,
+            seed=self.cfg.run.seed,
+            rank=rank,
+            world_size=world,
+            resampled=d.resampled,
+            shuffle_buffer=d.shuffle_buffer,
+            start_batch=start_batch,
+        )
+        return make_loader(stream, num_workers=d.num_workers, seed=self.cfg.run.seed)
 
     def resolve(self) -> TrainConfig:
         return self.cfg

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eval.classify import eval_stream, evaluate_classifier
-from multimodal.data import SampleDecoder, SampleStream, SkipStats, collate, ensure_dataset, load_card, make_loader
+from multimodal.data import SampleDecoder, SkipStats, collate, ensure_dataset, load_card, make_loader
 from multimodal.data.stream import folder_samples
 
 from ..config import TrainConfig
@@ -57,27 +57,13 @@ class ClassificationTask(Task):
         )
 
     def train_batches(self, start_batch: int) -> Iterable[dict[str, Any]]:
-        d = self.cfg.data
-        split = d.train_split
+        split = self.cfg.data.train_split
         source: dict[str, Any] = (
             {"items": folder_samples(self.card.folder(split))}
             if self.card.format == "folder"
             else {"urls": self.card.shard_urls(split)}
         )
-        rank, world = self.rank_world()
-        stream = SampleStream(
-            **source,
-            decode=self._decoder(train=True),
-            collate=collate,
-            batch_size=d.batch_size,
-            seed=self.cfg.run.seed,
-            rank=rank,
-            world_size=world,
-            resampled=d.resampled,
-            shuffle_buffer=d.shuffle_buffer,
-            start_batch=start_batch,
-        )
-        return make_loader(stream, num_workers=d.num_workers, seed=self.cfg.run.seed)
+        return self.train_loader(source, decode=self._decoder(train=True), collate=collate, start_batch=start_batch)
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         logits = model(batch["image"])  # (B, num_classes)

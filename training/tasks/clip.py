@@ -11,7 +11,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from eval.zeroshot import zeroshot_evaluate
-from multimodal.data import SampleDecoder, SampleStream, SkipStats, collate, ensure_dataset, load_card, make_loader
+from multimodal.data import SampleDecoder, SkipStats, collate, ensure_dataset, load_card
 from multimodal.losses import ClipLoss, SigLipLoss, cached_contrastive_backward, split_batch
 
 from ..config import TrainConfig
@@ -83,21 +83,12 @@ class ClipTask(Task):
         )
 
     def train_batches(self, start_batch: int) -> Iterable[dict[str, Any]]:
-        d = self.cfg.data
-        rank, world = self.rank_world()
-        stream = SampleStream(
-            urls=self.card.shard_urls(d.train_split),
+        return self.train_loader(
+            {"urls": self.card.shard_urls(self.cfg.data.train_split)},
             decode=self._decoder(train=True),
             collate=partial(_collate_tokens, tokenizer=self.tokenizer),
-            batch_size=d.batch_size,
-            seed=self.cfg.run.seed,
-            rank=rank,
-            world_size=world,
-            resampled=d.resampled,
-            shuffle_buffer=d.shuffle_buffer,
             start_batch=start_batch,
         )
-        return make_loader(stream, num_workers=d.num_workers, seed=self.cfg.run.seed)
 
     @property
     def loss_fn(self) -> nn.Module:
