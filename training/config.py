@@ -54,6 +54,8 @@ class DataConfig(Config):
     shuffle_buffer: int = 2000
     resampled: bool = False
     augment: Literal["none", "flip", "crop_flip"] = "none"
+    # CLIP captions. fixed: the card's text_key member; random: one of the card's captions_key list, per epoch.
+    caption_sampling: Literal["fixed", "random"] = "fixed"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 

@@ -42,6 +42,7 @@ class DatasetCard(Config):
     root: str = ""
     image_key: str = "png"
     text_key: str = "txt"
+    captions_key: str | None = None  # a list field of the sample .json: alternative captions of the image
     splits: dict[str, SplitSpec] = dataclasses.field(default_factory=dict)
     labels: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     templates: tuple[str, ...] = ("a photo of a {}.",)

@@ -51,13 +51,16 @@ class SampleDecoder:
     """Turns a raw sample (shard members or a folder file) into ``{"image", "label"?, "text"?, "key"}``.
 
     ``label_key`` names a field of the sample's ``.json`` (or ``cls`` for image folders); ``text_key`` the
-    caption member. Augmentation draws from a generator seeded by (seed, epoch, key), so it is reproducible
-    and survives resumption.
+    caption member. With ``captions_key`` (a list field of the ``.json``) the caption is instead one of the
+    image's alternative captions, drawn anew each epoch, as CLIP recipes do with COCO's five captions per image.
+    Augmentation and caption draws come from generators seeded by (seed, epoch, key), so they are reproducible
+    and survive resumption.
     """
 
     image_size: int
     label_key: str | None = None
     text_key: str | None = None
+    captions_key: str | None = None
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     augment: Literal["none", "flip", "crop_flip"] = "none"
@@ -71,7 +74,9 @@ class SampleDecoder:
         out["image"] = self._image(sample, rng)
         if self.label_key is not None:
             out["label"] = self._label(sample)
-        if self.text_key is not None:
+        if self.captions_key is not None:
+            out["text"] = self._random_caption(sample, random.Random(f"{self.seed}-{sample.get('__epoch__', 0)}-{out['key']}-caption"))
+        elif self.text_key is not None:
             out["text"] = self._text(sample)
         return out
 
@@ -144,11 +149,25 @@ class SampleDecoder:
         raw = sample.get(self.text_key)
         if raw is None:
             raise DecodeError("missing caption")
-        text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
-        text = " ".join(text.split())
-        if not text:
-            raise DecodeError("empty caption")
-        return text
+        return _clean_caption(raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw))
+
+    def _random_caption(self, sample: dict[str, Any], rng: random.Random) -> str:
+        try:
+            meta = sample["json"]
+            meta = json.loads(meta) if isinstance(meta, (bytes, str)) else meta
+            captions = meta[self.captions_key]
+        except (ValueError, KeyError, TypeError):
+            raise DecodeError("missing caption", f"no {self.captions_key!r} list in the sample's .json") from None
+        if not isinstance(captions, list) or not captions or not all(isinstance(c, str) for c in captions):
+            raise DecodeError("missing caption", f"{self.captions_key!r} is not a non-empty list of strings")
+        return _clean_caption(rng.choice(captions))
+
+
+def _clean_caption(text: str) -> str:
+    text = " ".join(text.split())
+    if not text:
+        raise DecodeError("empty caption")
+    return text
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -82,6 +82,7 @@ def test_card_matches_default_spec():
     assert card["name"] == card["generator"] == card["root"] == "shapes"
     assert card["image_key"] == expected["image_key"] == "png"
     assert card["text_key"] == expected["text_key"] == "txt"
+    assert card["captions_key"] == expected["captions_key"] == "captions"
     assert card["splits"] == {
         split: {"shards": info["shards"], "num_samples": info["num_samples"]}
         for split, info in expected["splits"].items()
@@ -152,23 +153,39 @@ def test_primary_is_strictly_larger_and_apart(small):
 
 def test_captions_name_the_objects_and_their_relation(small):
     _, _, samples = small
-    checked = 0
+    checked = subject_only = 0
     for s in samples["train"] + samples["heldout"]:
-        caption, objects = s["txt"], s["json"]["objects"]
-        assert caption == s["json"]["caption"]
-        for o in objects:
-            assert f"{o['color']} {o['shape']}" in caption
-        if len(objects) == 2:
-            (a0, a1, a2, a3), (b0, b1, b2, b3) = objects[0]["bbox"], objects[1]["bbox"]
-            dx, dy = (a0 + a2 - b0 - b2) / 2, (a1 + a3 - b1 - b3) / 2  # primary centre minus secondary centre
-            for word, holds in (("above", dy < 0), ("below", dy > 0), ("left of", dx < 0), ("right of", dx > 0)):
-                if f" {word} " in caption:
-                    assert holds, caption
-                    checked += 1
+        captions, objects = s["json"]["captions"], s["json"]["objects"]
+        assert s["txt"] == s["json"]["caption"] == captions[0]
+        assert len(captions) == len(set(captions)) == SMALL.captions_per_image
+        for caption in captions:
+            names = [f"{o['color']} {o['shape']}" for o in objects]
+            assert names[0] in caption  # the primary is in every caption
+            if len(objects) == 2 and names[1] not in caption:  # a caption of the main subject alone
+                subject_only += 1
+                assert " and " not in caption or caption.endswith("and something smaller"), caption
+                continue
+            if len(objects) == 2:
+                (a0, a1, a2, a3), (b0, b1, b2, b3) = objects[0]["bbox"], objects[1]["bbox"]
+                dx, dy = (a0 + a2 - b0 - b2) / 2, (a1 + a3 - b1 - b3) / 2  # primary centre minus secondary centre
+                for word, holds in (("above", dy < 0), ("below", dy > 0), ("left of", dx < 0), ("right of", dx > 0)):
+                    if f" {word} " in caption:
+                        assert holds, caption
+                        checked += 1
     assert checked > 30
+    two = sum(len(s["json"]["objects"]) == 2 for s in samples["train"] + samples["heldout"])
+    share = len(shapes.SUBJECT_CAPTIONS) / (len(shapes.SUBJECT_CAPTIONS) + len(shapes.TWO_OBJECT_CAPTIONS))
+    assert abs(subject_only / (two * SMALL.captions_per_image) - share) < 0.05
     first_words = {s["txt"].split()[0] for s in samples["train"]}
     assert first_words >= {"a", "an", "there"}
     assert len({s["txt"] for s in samples["train"]}) > 200
+
+
+def test_captions_per_image_is_checked():
+    with pytest.raises(ValueError, match="captions_per_image must be in"):
+        ShapesSpec(captions_per_image=len(shapes.ONE_OBJECT_CAPTIONS) + 1)
+    with pytest.raises(ValueError, match="captions_per_image must be in"):
+        ShapesSpec(captions_per_image=0)
 
 
 def test_every_attribute_appears(small):

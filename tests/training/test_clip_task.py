@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
@@ -28,7 +29,7 @@ def clip_recipe(card, out_dir, **sections):
             "text": {"width": 32, "layers": 1, "heads": 2, "context_length": 16},
         },
     }
-    recipe["data"]["shuffle_buffer"] = 32
+    recipe["data"].update(shuffle_buffer=32, caption_sampling="random")  # resume must replay the caption draws
     return recipe
 
 
@@ -99,3 +100,12 @@ def test_siglip_loss_trains(tiny_shapes, tmp_path):
     results = _train(tmp_path, recipe)
     assert results["step"] == 4
     assert "logit_bias" in _weights(tmp_path / "s")
+
+
+def test_random_captions_need_a_card_with_caption_lists(tiny_shapes, tmp_path):
+    card = yaml.safe_load(tiny_shapes.read_text())
+    del card["captions_key"]
+    path = tmp_path / "no-captions.yaml"
+    path.write_text(yaml.safe_dump(card))
+    with pytest.raises(ValueError, match=r"declares no captions_key; set data\.caption_sampling=fixed"):
+        _train(tmp_path, clip_recipe(path, tmp_path / "x"))

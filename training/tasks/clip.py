@@ -34,6 +34,11 @@ class ClipTask(Task):
         self.card = load_card(cfg.data.dataset)
         if self.card.format == "folder":
             raise ValueError(f"CLIP needs captions; {self.card.name} is an image folder without any")
+        if cfg.data.caption_sampling == "random" and self.card.captions_key is None:
+            raise ValueError(
+                f"data.caption_sampling=random draws from the card's alternative captions, but dataset "
+                f"{self.card.name!r} declares no captions_key; set data.caption_sampling=fixed or add captions_key"
+            )
         self.label = cfg.data.label or next(iter(self.card.labels), None)
         self.splits = list(cfg.task.zeroshot_splits) or ([cfg.data.eval_split] if cfg.data.eval_split else [])
         for split in [cfg.data.train_split, *self.splits]:
@@ -75,6 +80,7 @@ class ClipTask(Task):
         return SampleDecoder(
             image_size=d.image_size,
             text_key=self.card.text_key if train else None,
+            captions_key=self.card.captions_key if train and d.caption_sampling == "random" else None,
             label_key=label,
             mean=d.mean,
             std=d.std,

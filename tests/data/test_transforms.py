@@ -1,0 +1,87 @@
+import io
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from multimodal.data import SampleDecoder
+from multimodal.data.stream import DecodeError
+from multimodal.data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, collate, to_rgb
+
+CAPTIONS = ["a red circle", "a photo of a red circle", "a large red circle", "a red circle at the top"]
+
+
+def _png(rgb=(200, 30, 30), size=16, mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, (size, size), rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _sample(key="s0", epoch=0, **meta) -> dict:
+    meta = {"label": 3, "captions": CAPTIONS, **meta}
+    return {"__key__": key, "__epoch__": epoch, "png": _png(), "txt": b"fixed  caption\n", "json": json.dumps(meta)}
+
+
+def test_image_is_resized_normalised_rgb():
+    dec = SampleDecoder(image_size=8, label_key="label", text_key="txt", mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
+    out = dec(_sample())
+    assert out["image"].shape == (3, 8, 8)
+    expected = (torch.tensor([200, 30, 30]) / 255 - torch.tensor(OPENAI_CLIP_MEAN)) / torch.tensor(OPENAI_CLIP_STD)
+    torch.testing.assert_close(out["image"][:, 4, 4], expected.float(), atol=1e-5, rtol=0)
+    assert out["label"] == 3
+    assert out["text"] == "fixed caption"  # whitespace collapsed
+
+
+def test_to_rgb_composites_alpha_on_white_and_rescales_16_bit():
+    rgba = Image.new("RGBA", (2, 2), (255, 0, 0, 0))
+    assert to_rgb(rgba).getpixel((0, 0)) == (255, 255, 255)
+    grey16 = Image.fromarray(np.full((2, 2), 65535, dtype=np.uint16))
+    assert to_rgb(grey16).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_random_caption_is_one_of_the_list_reproducible_and_redrawn_each_epoch():
+    dec = SampleDecoder(image_size=8, text_key="txt", captions_key="captions", seed=1)
+    draws = [dec(_sample(epoch=e))["text"] for e in range(40)]
+    assert set(draws) <= set(CAPTIONS)
+    assert len(set(draws)) == len(CAPTIONS)  # 40 epochs draw every caption
+    assert draws == [dec(_sample(epoch=e))["text"] for e in range(40)]  # same (seed, epoch, key), same caption
+    other_seed = SampleDecoder(image_size=8, text_key="txt", captions_key="captions", seed=2)
+    assert draws != [other_seed(_sample(epoch=e))["text"] for e in range(40)]
+    counts = Counter(dec(_sample(key=f"k{i}"))["text"] for i in range(2000))
+    assert min(counts.values()) > 400  # uniform over the four: 500 each
+
+
+def test_random_caption_does_not_change_the_augmentation():
+    plain = SampleDecoder(image_size=12, augment="crop_flip", seed=3)
+    with_captions = SampleDecoder(image_size=12, augment="crop_flip", seed=3, captions_key="captions")
+    for epoch in range(5):
+        assert torch.equal(plain(_sample(epoch=epoch))["image"], with_captions(_sample(epoch=epoch))["image"])
+
+
+@pytest.mark.parametrize(
+    "meta, detail",
+    [({"captions": []}, "non-empty list"), ({"captions": "a red circle"}, "non-empty list"), ({"captions": [1]}, "strings")],
+)
+def test_bad_caption_lists_are_decode_errors(meta, detail):
+    dec = SampleDecoder(image_size=8, captions_key="captions")
+    with pytest.raises(DecodeError, match="missing caption") as err:
+        dec(_sample(**meta))
+    assert detail in str(err.value.args)
+    sample = _sample()
+    del sample["json"]
+    with pytest.raises(DecodeError, match="missing caption"):
+        dec(sample)
+    with pytest.raises(DecodeError, match="empty caption"):
+        dec(_sample(captions=["   "]))
+
+
+def test_collate_stacks_images_and_labels_keeps_text_lists():
+    dec = SampleDecoder(image_size=8, label_key="label", text_key="txt")
+    batch = collate([dec(_sample(key=f"k{i}")) for i in range(3)])
+    assert batch["image"].shape == (3, 3, 8, 8)
+    assert batch["label"].tolist() == [3, 3, 3]
+    assert batch["text"] == ["fixed caption"] * 3
+    assert batch["key"] == ["k0", "k1", "k2"]
