@@ -4,7 +4,9 @@
                                 --embed 256 --steps 10 --repeats 5 --threads N --precision fp32,bf16 --profile]
 
 A step is what training does: forward of both towers, the contrastive loss (open_clip's ``ClipLoss`` for theirs,
-``multimodal.losses.ClipLoss`` for ours), backward, ``AdamW.step`` and ``zero_grad``, on one fixed random batch; bf16
+``multimodal.losses.ClipLoss`` for ours), backward, ``AdamW.step`` and ``zero_grad``, on one fixed random batch; the
+AdamW is each project's own (``--optimizer own``: ours fused, open_clip's the default per-tensor loop) or PyTorch's
+default for both (``--optimizer same``, the models alone); bf16
 runs forward and loss under ``torch.autocast("cpu", dtype=torch.bfloat16)``. Ours is ``CLIP.from_open_clip(theirs)``,
 so both start from the same weights; the initial losses are printed to show it.
 
@@ -48,6 +50,8 @@ from torch import Tensor, nn
 
 from multimodal.losses import ClipLoss
 from multimodal.models.clip import CLIP
+from training.config import OptimConfig
+from training.optim import build_optimizer
 
 EOT_ID = 49407  # the CLIP BPE end-of-text id: the largest id, where argmax pooling reads the text features
 VOCAB = 49408
@@ -101,9 +105,22 @@ def loss_fn(model: nn.Module, loss: nn.Module, images: Tensor, tokens: Tensor, p
         return loss(out["image_features"], out["text_features"], out["logit_scale"])
 
 
-def make_step(model: nn.Module, loss: nn.Module, images: Tensor, tokens: Tensor, precision: str) -> Step:
+def make_optimizer(name: str, model: nn.Module, optimizer: str) -> torch.optim.Optimizer:
+    """The AdamW each project trains with ("own"), or PyTorch's default AdamW for both ("same").
+
+    Ours: ``training.optim.build_optimizer`` (fused AdamW, decay groups). open_clip: ``torch.optim.AdamW`` with
+    its default per-tensor implementation, as ``open_clip_train`` builds it (its decay groups do not change the
+    cost).
+    """
+    if optimizer == "own" and name == "ours":
+        return build_optimizer(model, OptimConfig(lr=1e-4, weight_decay=0.1))
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+
+
+def make_step(
+    model: nn.Module, loss: nn.Module, opt: torch.optim.Optimizer, images: Tensor, tokens: Tensor, precision: str
+) -> Step:
     """One training step (forward, loss, backward, AdamW step, zero_grad) as a closure returning the loss."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
 
     def step() -> Tensor:
         value = loss_fn(model, loss, images, tokens, precision)
@@ -123,7 +140,10 @@ def make_steps(args: argparse.Namespace, precision: str) -> tuple[dict[str, Step
     models = {"ours": ours, "open_clip": theirs}
     with torch.no_grad():
         initial = {k: loss_fn(models[k], losses[k], images, tokens, precision).item() for k in models}
-    steps = {k: make_step(models[k], losses[k], images, tokens, precision) for k in models}
+    steps = {
+        k: make_step(models[k], losses[k], make_optimizer(k, models[k], args.optimizer), images, tokens, precision)
+        for k in models
+    }
     return steps, initial
 
 
@@ -185,7 +205,10 @@ def memory_worker(args: argparse.Namespace) -> None:
 
 def bench_memory(args: argparse.Namespace, name: str, precision: str) -> dict[str, Any]:
     """Peak training memory of one model at one precision, measured in a fresh subprocess."""
-    flags = ("width", "layers", "image_size", "patch", "context", "batch", "embed", "warmup", "mem_steps", "threads")
+    flags = (
+        "width", "layers", "image_size", "patch", "context", "batch", "embed", "warmup", "mem_steps", "threads",
+        "optimizer",
+    )  # fmt: skip
     argv = [sys.executable, os.path.abspath(__file__), "--mem-worker", f"{name}:{precision}"]
     for flag in flags:
         argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
@@ -237,6 +260,14 @@ def print_context(args: argparse.Namespace) -> None:
         f"{args.patch} px patches, {args.context} tokens, embed {args.embed}; batch {args.batch}"
     )
     print(f"timing: {args.warmup} warm-up steps, then {args.repeats} alternating rounds of {args.steps} steps each")
+    print(
+        "optimizer: "
+        + (
+            "each project's own (ours: training.optim.build_optimizer, fused AdamW; open_clip: torch.optim.AdamW)"
+            if args.optimizer == "own"
+            else "torch.optim.AdamW (default implementation) for both"
+        )
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -254,6 +285,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mem-steps", type=int, default=2, help="steps after warm-up in the memory subprocesses")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--precision", default="fp32,bf16", help=f"comma-separated, of {', '.join(PRECISIONS)}")
+    parser.add_argument(
+        "--optimizer",
+        choices=("own", "same"),
+        default="own",
+        help="own: each project's training AdamW (ours fused); same: torch.optim.AdamW's default for both",
+    )
     parser.add_argument(
         "--profile",
         nargs="?",

@@ -71,6 +71,7 @@ class OptimConfig(Config):
     min_lr_ratio: float = 0.0
     grad_clip: float | None = 1.0
     accum: int = 1
+    fused: bool = True  # PyTorch's fused AdamW kernel (CPU, CUDA); false: its per-tensor loop
 
 
 @dataclasses.dataclass(frozen=True)

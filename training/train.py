@@ -43,13 +43,21 @@ class TrainState:
     samples: int = 0  # training samples seen, all ranks
     batches: list[int] = field(default_factory=list)  # batches consumed, per rank
     skips: dict[str, Any] = field(default_factory=dict)  # SkipStats of all ranks, up to the checkpoint
+    seconds: float = 0.0  # wall time spent in train() up to the checkpoint, over all invocations of a resumed run
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "samples": self.samples, "batches": list(self.batches), "skips": self.skips}
+        return {
+            "step": self.step,
+            "samples": self.samples,
+            "batches": list(self.batches),
+            "skips": self.skips,
+            "seconds": self.seconds,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.samples = int(state["step"]), int(state["samples"])
         self.batches, self.skips = list(state["batches"]), dict(state["skips"])
+        self.seconds = float(state.get("seconds", 0.0))  # absent in checkpoints of older versions
 
 
 def load_config(recipe: str | Path, overrides: list[str]) -> TrainConfig:
@@ -151,6 +159,7 @@ def _gather_skips(acc: Accelerator, local: SkipStats) -> SkipStats:
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train ``cfg`` to ``train.steps``; returns the final results (also written to ``results.json``)."""
+    started = time.perf_counter()
     _warn_ignored_num_processes()
     acc = make_accelerator(cfg)
     run_dir = cfg.run_dir
@@ -183,6 +192,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         acc.print(f"resumed from {resume_from} at step {state.step}")
     elif cfg.resume == "latest":
         acc.print(f"resume=latest: no checkpoint in {run_dir}, starting afresh")
+    seconds_before = state.seconds  # time of the invocations before this one
     metrics = MetricsLog(acc, run_dir / "metrics.jsonl", state.step if resume_from is not None else None)
     if cfg.train.log_with:
         acc.init_trackers(cfg.run.name, config=cfg.flat())
@@ -208,6 +218,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         carried.merge(global_skips)
         skips = SkipStats()
         state.skips = carried.state_dict()
+        state.seconds = seconds_before + time.perf_counter() - started
         state.batches = (
             [int(b) for b in gather_object([state.batches[rank]])] if acc.num_processes > 1 else state.batches
         )
@@ -303,12 +314,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "samples": state.samples,
         "num_processes": acc.num_processes,
         "distributed_type": str(acc.distributed_type).rsplit(".", 1)[-1],
+        "wall_seconds": round(seconds_before + time.perf_counter() - started, 1),  # setup and evaluations included
         **eval_results,
         "data": carried.to_json(),
     }
     if acc.is_main_process:
         atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
-        print(f"run {run_dir}: {state.step} steps, {state.samples} samples")
+        print(f"run {run_dir}: {state.step} steps, {state.samples} samples, {results['wall_seconds']:.0f} s")
         if eval_results:
             print(_format_eval(state.step, eval_results, cfg.data.eval_split))
         print(carried.summary() or "data: no samples skipped")
@@ -321,7 +333,9 @@ def _format_eval(step: int, results: dict[str, Any], split: str | None) -> str:
         f"{k.split('/', 1)[1]} {v:.4f}" if isinstance(v, float) else f"{k.split('/', 1)[1]} {v}"
         for k, v in results.items()
     ]
-    return f"eval on the held-out '{split}' split @ step {step}: " + ", ".join(parts)
+    names = [k.split("/", 1)[1] for k in results]
+    where = "" if not split or any(n.startswith(f"{split}_") for n in names) else f" on the held-out '{split}' split"
+    return f"eval{where} @ step {step}: " + ", ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Shared transformer backbone: attention, MLPs, mixture of experts, norms, position and patch embeddings, blocks."""
 
-from .attention import Attention
+from .attention import Attention, attention
 from .block import Block, LayerScale, build_mlp
 from .drop_path import DropPath, drop_path
 from .mlp import Mlp, QuickGELU, SwiGLU, get_act_layer
@@ -24,6 +24,7 @@ __all__ = [
     "RMSNorm",
     "SwiGLU",
     "Transformer",
+    "attention",
     "build_mlp",
     "build_norm",
     "drop_path",

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from multimodal.nn import Attention
+from multimodal.nn import Attention, attention
 
 TOL = 1e-5
 
@@ -214,3 +214,38 @@ def test_bad_input_raises_value_error(build, call, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         attn = build()
         call(attn)
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "causal", "additive", "bool"])
+def test_composite_attention_equals_sdpa(mask_kind: str) -> None:
+    """The explicit-matmul path (default on the CPU in bf16) equals the fused kernel: values and gradients."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    kwargs: dict = {"causal": mask_kind == "causal"}
+    if mask_kind == "additive":
+        kwargs["attn_mask"] = torch.randn(2, 1, 7, 7, dtype=torch.float64)
+    if mask_kind == "bool":
+        kwargs["attn_mask"] = torch.rand(2, 3, 7, 7) > 0.3
+        kwargs["attn_mask"][..., 0] = True  # every query sees at least one key
+    outs, grads = [], []
+    for composite in (False, True):
+        out = attention(q, k, v, composite=composite, **kwargs)
+        outs.append(out)
+        grads.append(torch.autograd.grad(out.square().sum(), (q, k, v)))
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=1e-12)
+    for a, b in zip(grads[0], grads[1], strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-12)
+
+
+def test_cpu_bf16_attention_layer_uses_the_composite_path_and_stays_close_to_fp32() -> None:
+    torch.manual_seed(0)
+    attn = Attention(64, heads=4)
+    x = torch.randn(4, 65, 64)
+    ref = attn(x, causal=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = attn(x, causal=True)
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - ref).abs().max() < 0.03 * ref.abs().max()
+    q, k, v = (torch.randn(2, 2, 9, 16).bfloat16() for _ in range(3))
+    expected = attention(q, k, v, causal=True, composite=True)
+    assert torch.equal(attention(q, k, v, causal=True), expected)  # the CPU bf16 default is the composite

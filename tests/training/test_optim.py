@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
+from torch import nn
 
 import multimodal
 from training.config import OptimConfig
@@ -52,3 +54,20 @@ def test_scheduler_drives_optimizer_lr():
         opt.step()
         sched.step()
     assert lrs[:3] == pytest.approx([0.25, 0.5, 0.5]) and lrs[-1] == pytest.approx(0.5 * (1 - 7 / 8))
+
+
+def test_fused_adamw_by_default_and_same_update_as_the_loop():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 4))
+    loop_model = copy.deepcopy(model)
+    fused = build_optimizer(model, OptimConfig(lr=1e-2, weight_decay=0.1))
+    loop = build_optimizer(loop_model, OptimConfig(lr=1e-2, weight_decay=0.1, fused=False))
+    assert fused.defaults["fused"] and not loop.defaults["fused"]
+    x = torch.randn(32, 8)
+    for _ in range(5):
+        for m, opt in ((model, fused), (loop_model, loop)):
+            m(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+    for a, b in zip(model.parameters(), loop_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

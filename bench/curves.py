@@ -1,0 +1,74 @@
+"""Training curves of several runs side by side, from their ``metrics.jsonl``: loss and evaluation figures.
+
+    python bench/curves.py runs/clip-shapes runs/clip-shapes-bf16 [--every 200] [--metric train/loss]
+                           [--eval eval/test_top1 ...]
+
+Each row is a step; the loss column is the mean of the logged values in the window ending there (the logged
+loss is one batch's, so it is noisy), and each ``--eval`` column the evaluation logged at that step, if any.
+Use it to check that a change (bf16, a new recipe) trains as well as the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+
+def read_metrics(run: Path) -> list[dict]:
+    """The records of ``run/metrics.jsonl``; a clear error when the run has none."""
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        raise SystemExit(f"{run} has no metrics.jsonl: pass run directories written by training.train")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def window_means(records: list[dict], metric: str, every: int) -> dict[int, float]:
+    """Mean of ``metric`` over each window of ``every`` steps, keyed by the window's last step."""
+    sums: dict[int, list[float]] = {}
+    for r in records:
+        if metric in r:
+            end = math.ceil(r["step"] / every) * every
+            sums.setdefault(end, []).append(r[metric])
+    return {step: sum(v) / len(v) for step, v in sums.items()}
+
+
+def evals(records: list[dict], metric: str) -> dict[int, float]:
+    return {r["step"]: r[metric] for r in records if metric in r}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories")
+    parser.add_argument("--every", type=int, default=200, help="steps per row (loss window)")
+    parser.add_argument("--metric", default="train/loss", help="the windowed training metric")
+    parser.add_argument("--eval", action="append", default=None, help="evaluation metrics to show (repeatable)")
+    args = parser.parse_args(argv)
+    if args.every < 1:
+        parser.error("--every must be >= 1")
+    eval_keys = args.eval or ["eval/test_top1", "eval/heldout_top1"]
+    names = [run.name for run in args.runs]
+    records = [read_metrics(run) for run in args.runs]
+    losses = [window_means(r, args.metric, args.every) for r in records]
+    scores = [[evals(r, key) for key in eval_keys] for r in records]
+    steps = sorted({s for table in losses for s in table} | {s for run in scores for t in run for s in t})
+    header = ["step"] + [f"{n} {args.metric}" for n in names]
+    header += [f"{n} {key}" for n in names for key in eval_keys]
+    rows = []
+    for step in steps:
+        row = [str(step)] + [f"{t[step]:.4f}" if step in t else "" for t in losses]
+        row += [f"{t[step]:.4f}" if step in t else "" for run in scores for t in run]
+        if any(row[1:]):
+            rows.append(row)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    out = sys.stdout
+    out.write("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |\n")
+    out.write("|" + "|".join("-" * (w + 2) for w in widths) + "|\n")
+    for row in rows:
+        out.write("| " + " | ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) + " |\n")
+
+
+if __name__ == "__main__":
+    main()
