@@ -27,10 +27,11 @@ def read_metrics(run: Path) -> list[dict]:
 
 def window_means(records: list[dict], metric: str, every: int) -> dict[int, float]:
     """Mean of ``metric`` over each window of ``every`` steps, keyed by the window's last step."""
+    last = max((r["step"] for r in records), default=0)
     sums: dict[int, list[float]] = {}
     for r in records:
         if metric in r:
-            end = math.ceil(r["step"] / every) * every
+            end = min(math.ceil(r["step"] / every) * every, last)  # the last window ends at the last step
             sums.setdefault(end, []).append(r[metric])
     return {step: sum(v) / len(v) for step, v in sums.items()}
 
