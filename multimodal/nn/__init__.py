@@ -1,5 +1,6 @@
 """Shared transformer backbone: attention, MLPs, mixture of experts, norms, position and patch embeddings, blocks."""
 
+from .aa_conv import AAConv2d, aa_conv_channels
 from .attention import Attention, attention
 from .block import Block, LayerScale, build_mlp
 from .drop_path import DropPath, drop_path
@@ -11,6 +12,7 @@ from .positional import LearnedPositionalEmbedding, sincos_2d_embedding, sinusoi
 from .transformer import Transformer
 
 __all__ = [
+    "AAConv2d",
     "Attention",
     "Block",
     "ConvStem",
@@ -24,6 +26,7 @@ __all__ = [
     "RMSNorm",
     "SwiGLU",
     "Transformer",
+    "aa_conv_channels",
     "attention",
     "build_mlp",
     "build_norm",
