@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
@@ -221,6 +223,146 @@ class VisionTransformer(nn.Module):
     def aux_loss(self) -> Tensor:
         """Mixture-of-experts load-balancing loss of the last forward (zero for dense MLPs)."""
         return self.transformer.aux_loss
+
+    @classmethod
+    def from_timm(
+        cls,
+        model_or_state_dict: nn.Module | Mapping[str, Tensor],
+        *,
+        heads: int | None = None,
+        act: Literal["gelu", "quick_gelu"] | None = None,
+    ) -> VisionTransformer:
+        """A ViT holding the weights of a timm ``VisionTransformer`` (the model, or its state dict).
+
+        Covers timm's standard layout (``vit_tiny_patch16_224`` and friends): class token or average pooling with
+        ``fc_norm``, learned position embedding, LayerNorm, GELU or QuickGELU MLPs, optional ``norm_pre`` and layer
+        scale. Given a model, the architecture is read from its modules; given a state dict, from the tensor shapes,
+        with ``heads`` defaulting to width // 64 (timm's ViTs), norm eps 1e-6 and ``act`` to "gelu" (a state dict
+        does not record them). Anything else (register tokens, MAP pooling, dynamic image size, qk-norm, ...) is
+        refused with the reason.
+        """
+        if isinstance(model_or_state_dict, nn.Module):
+            cfg = _timm_model_config(model_or_state_dict, heads)
+            if act is not None and act != cfg.act:
+                raise ValueError(f"act={act!r} contradicts the model's activation {cfg.act!r}")
+            state = model_or_state_dict.state_dict()
+        else:
+            state = dict(model_or_state_dict)
+            cfg = _timm_state_config(state, heads).replace(act=act or "gelu")
+        ours = cls(cfg)
+        renamed = {_timm_to_ours(k, cfg): v for k, v in state.items()}
+        expected = ours.state_dict()
+        unexpected, missing = sorted(set(renamed) - set(expected)), sorted(set(expected) - set(renamed))
+        if unexpected or missing:
+            raise ValueError(
+                f"timm weights do not fit the inferred ViT: unexpected {unexpected[:5]}, missing {missing[:5]}"
+            )
+        ours.load_state_dict({k: v.detach().float() if v.is_floating_point() else v for k, v in renamed.items()})
+        return ours
+
+    def to_timm_state_dict(self) -> dict[str, Tensor]:
+        """This ViT's weights under timm's ``VisionTransformer`` names (the inverse of :meth:`from_timm`)."""
+        cfg = self.cfg
+        unsupported = {
+            "stem": cfg.stem != "patch",
+            "pool": cfg.pool == "attn",
+            "pos_embed": cfg.pos_embed != "learned",
+            "norm": cfg.norm != "layer",
+            "mlp": cfg.mlp != "gelu",
+        }
+        if any(unsupported.values()):
+            bad = ", ".join(f"{k}={getattr(cfg, k)!r}" for k, v in unsupported.items() if v)
+            raise ValueError(f"timm's VisionTransformer has no equivalent of {bad}")
+        out = {}
+        for name, tensor in self.state_dict().items():
+            name = name.replace("transformer.blocks.", "blocks.", 1)
+            if cfg.pool == "mean":
+                name = re.sub(r"^norm\.", "fc_norm.", name)
+            out[name] = tensor.clone()
+        return out
+
+
+def _timm_to_ours(name: str, cfg: VitConfig) -> str:
+    name = re.sub(r"^blocks\.", "transformer.blocks.", name)
+    return re.sub(r"^fc_norm\.", "norm.", name) if cfg.pool == "mean" else name
+
+
+def _timm_model_config(model: nn.Module, heads: int | None) -> VitConfig:
+    """The :class:`VitConfig` of a timm ``VisionTransformer``, refusing what this ViT does not implement."""
+    block = model.blocks[0]
+    checks = {
+        "register tokens": getattr(model, "num_reg_tokens", 0) == 0,
+        "no_embed_class": not getattr(model, "no_embed_class", False),
+        "dynamic_img_size": not getattr(model, "dynamic_img_size", False),
+        "qk_norm": isinstance(getattr(block.attn, "q_norm", nn.Identity()), nn.Identity),
+        "patch_embed norm": isinstance(getattr(model.patch_embed, "norm", nn.Identity()), nn.Identity),
+        f"global_pool={model.global_pool!r}": model.global_pool in ("token", "avg"),
+        "average pooling without fc_norm": model.global_pool != "avg" or not isinstance(model.fc_norm, nn.Identity),
+        "a norm other than LayerNorm": isinstance(
+            model.fc_norm if model.global_pool == "avg" else model.norm, nn.LayerNorm
+        ),
+        "an MLP other than fc1 -> act -> fc2": hasattr(block.mlp, "fc1") and not hasattr(block.mlp, "fc1_g"),
+        "square images and patches": model.patch_embed.img_size[0] == model.patch_embed.img_size[1]
+        and model.patch_embed.patch_size[0] == model.patch_embed.patch_size[1],
+    }
+    refused = [what for what, ok in checks.items() if not ok]
+    if refused:
+        raise ValueError(f"cannot convert this timm ViT: {', '.join(refused)} not supported")
+    act = type(block.mlp.act).__name__
+    if act not in ("GELU", "QuickGELU") or getattr(block.mlp.act, "approximate", "none") != "none":
+        raise ValueError(f"cannot convert this timm ViT: activation {act} not supported (GELU or QuickGELU)")
+    norm = model.fc_norm if model.global_pool == "avg" else model.norm
+    num_attn_heads = block.attn.num_heads
+    if heads is not None and heads != num_attn_heads:
+        raise ValueError(f"heads={heads} contradicts the model's {num_attn_heads} attention heads")
+    return VitConfig(
+        img_size=model.patch_embed.img_size[0],
+        patch_size=model.patch_embed.patch_size[0],
+        in_chans=model.patch_embed.proj.in_channels,
+        num_classes=model.num_classes,
+        patch_bias=model.patch_embed.proj.bias is not None,
+        dim=model.embed_dim,
+        depth=len(model.blocks),
+        heads=num_attn_heads,
+        mlp_ratio=block.mlp.fc1.out_features / model.embed_dim,
+        norm_eps=norm.eps,
+        act="gelu" if act == "GELU" else "quick_gelu",
+        qkv_bias=block.attn.qkv.bias is not None,
+        class_token=model.cls_token is not None,
+        pool="token" if model.global_pool == "token" else "mean",
+        pre_norm=not isinstance(model.norm_pre, nn.Identity),
+        head_bias=model.num_classes == 0 or model.head.bias is not None,
+        layer_scale_init=1.0 if not isinstance(block.ls1, nn.Identity) else None,
+    )
+
+
+def _timm_state_config(state: Mapping[str, Tensor], heads: int | None) -> VitConfig:
+    """The :class:`VitConfig` of a timm ViT state dict, from its tensor shapes."""
+    if "patch_embed.proj.weight" not in state or "pos_embed" not in state:
+        raise ValueError("not a timm VisionTransformer state dict: no patch_embed.proj.weight / pos_embed")
+    dim, in_chans, patch, patch_w = state["patch_embed.proj.weight"].shape
+    depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
+    prefix = 1 if "cls_token" in state else 0
+    grid = math.isqrt(state["pos_embed"].shape[1] - prefix)
+    if patch != patch_w or grid * grid != state["pos_embed"].shape[1] - prefix:
+        raise ValueError("only square patches and square position grids of timm ViTs are supported")
+    return VitConfig(
+        img_size=grid * patch,
+        patch_size=patch,
+        in_chans=in_chans,
+        num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0,
+        patch_bias="patch_embed.proj.bias" in state,
+        dim=dim,
+        depth=depth,
+        heads=heads or max(1, dim // 64),
+        mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / dim,
+        qkv_bias="blocks.0.attn.qkv.bias" in state,
+        class_token=bool(prefix),
+        pool="mean" if "fc_norm.weight" in state else "token",
+        pre_norm="norm_pre.weight" in state,
+        head_bias="head.bias" in state or "head.weight" not in state,
+        layer_scale_init=1.0 if "blocks.0.ls1.gamma" in state else None,
+    )
 
 
 def _vit(preset: VitConfig, overrides: dict[str, Any]) -> VisionTransformer:
