@@ -45,9 +45,11 @@ __all__ = ["CLIP", "ClipConfig", "ClipTextConfig", "ClipVisionConfig", "TextTran
 
 @dataclasses.dataclass(frozen=True)
 class ClipVisionConfig(Config):
-    """CLIP's image tower: a ViT laid out as open_clip's, or any timm model when ``timm_model`` is set.
+    """CLIP's image tower: a ViT laid out as open_clip's, any timm model (``timm_model``) or any model of this
+    project's registry (``model``, e.g. "aa_resnet18"), built with ``num_classes=embed_dim``.
 
-    Fields are named as in the text tower (width, layers, heads); ``img_size`` as in :class:`VitConfig`.
+    Fields are named as in the text tower (width, layers, heads); ``img_size`` as in :class:`VitConfig` (with
+    ``timm_model`` or ``model`` it is only the image side the trainer checks the data against).
     """
 
     img_size: int = 224
@@ -67,12 +69,18 @@ class ClipVisionConfig(Config):
     drop_path_rate: float = 0.0
     timm_model: str | None = None  # a timm model name: the tower is timm.create_model(name, num_classes=embed_dim)
     timm_kwargs: dict[str, Any] | None = None  # extra timm.create_model arguments, e.g. {"img_size": 64}
+    model: str | None = None  # a multimodal.create_model name: the tower is create_model(name, num_classes=embed_dim)
+    model_kwargs: dict[str, Any] | None = None  # its overrides, e.g. {"stem": "small", "img_size": 32}
 
     def __post_init__(self) -> None:
-        if self.timm_model is None and self.width % self.heads:
+        if self.timm_model is None and self.model is None and self.width % self.heads:
             raise ValueError(f"vision.width ({self.width}) must be divisible by vision.heads ({self.heads})")
         if self.timm_kwargs and self.timm_model is None:
             raise ValueError("vision.timm_kwargs only apply with vision.timm_model set")
+        if self.model_kwargs and self.model is None:
+            raise ValueError("vision.model_kwargs only apply with vision.model set")
+        if self.model is not None and self.timm_model is not None:
+            raise ValueError("set one of vision.model (this project's registry) and vision.timm_model, not both")
 
     def vit_config(self, embed_dim: int) -> VitConfig:
         """The :class:`VitConfig` of this tower: the head is CLIP's bias-free projection to ``embed_dim``."""
@@ -223,8 +231,21 @@ def _timm_tower(cfg: ClipVisionConfig, embed_dim: int) -> nn.Module:
             f"vision.timm_model {cfg.timm_model!r} is not a timm model{suggest(cfg.timm_model, timm.list_models())}"
         )
     model = timm.create_model(cfg.timm_model, pretrained=False, num_classes=embed_dim, **(cfg.timm_kwargs or {}))
-    head = model.get_classifier()
-    if isinstance(head, nn.Linear):  # a zero-initialised head would give all-zero (unnormalisable) features
+    return _init_projection(model, model.get_classifier())
+
+
+def _registry_tower(cfg: ClipVisionConfig, embed_dim: int) -> nn.Module:
+    from .registry import create_model
+
+    model = create_model(cfg.model, **{**(cfg.model_kwargs or {}), "num_classes": embed_dim})
+    head = model.get_classifier() if hasattr(model, "get_classifier") else getattr(model, "head", None)
+    return _init_projection(model, head)
+
+
+def _init_projection(model: nn.Module, head: nn.Module | None) -> nn.Module:
+    """Re-initialise a classifier head that now projects to CLIP's embedding: a zero-initialised head (as ViTs have)
+    would give all-zero, unnormalisable features."""
+    if isinstance(head, nn.Linear):
         nn.init.normal_(head.weight, std=head.in_features**-0.5)
         if head.bias is not None:
             nn.init.zeros_(head.bias)
@@ -240,6 +261,8 @@ class CLIP(nn.Module):
         self.cfg = cfg
         if cfg.vision.timm_model is not None:
             self.visual = _timm_tower(cfg.vision, cfg.embed_dim)
+        elif cfg.vision.model is not None:
+            self.visual = _registry_tower(cfg.vision, cfg.embed_dim)
         else:
             self.visual = VisionTransformer(cfg.vision.vit_config(cfg.embed_dim))
             nn.init.normal_(self.visual.head.weight, std=cfg.vision.width**-0.5)  # open_clip's proj init
@@ -325,8 +348,8 @@ class CLIP(nn.Module):
             config = _infer_config(state, model, quick_gelu)
         elif quick_gelu is not None:
             raise ValueError("quick_gelu only applies when the config is inferred; set vision.act and text.act")
-        if config.vision.timm_model is not None:
-            raise ValueError("from_open_clip converts ViT image towers; the config has vision.timm_model set")
+        if config.vision.timm_model is not None or config.vision.model is not None:
+            raise ValueError("from_open_clip converts ViT image towers; the config sets vision.timm_model or model")
         names = _open_clip_names(config)  # ours -> theirs
         theirs_to_ours = {v: k for k, v in names.items()}
         unexpected = sorted(set(state) - set(theirs_to_ours))
@@ -361,6 +384,7 @@ class CLIP(nn.Module):
         vision = self.cfg.vision
         unsupported = {
             "vision.timm_model": vision.timm_model is not None,
+            "vision.model": vision.model is not None,
             "vision.stem='conv'": vision.stem == "conv",
             "vision.pool='attn'": vision.pool == "attn",
         }

@@ -288,3 +288,30 @@ def test_timm_model_as_image_tower() -> None:
         clip.to_open_clip_state_dict()
     with pytest.raises(ValueError, match="not a timm model"):
         multimodal.create_model("clip_nano", vision={"timm_model": "resnet10x"})
+
+
+def test_registry_model_as_image_tower_trains() -> None:
+    torch.manual_seed(0)
+    tower = {"channels": [8, 16, 32, 64], "stem": "small", "small_stem_stride": 2, "img_size": 32, "heads": 2}
+    clip = multimodal.create_model("clip_nano", vision={"model": "aa_resnet18", "model_kwargs": tower})
+    assert type(clip.visual).__name__ == "AAResNet" and clip.visual.fc.out_features == 128
+    images, tokens = torch.randn(8, 3, 32, 32), torch.randint(1, 49407, (8, 16))
+    tokens[:, 5] = 49407
+    opt = torch.optim.AdamW(clip.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(8):
+        out = clip(images, tokens)
+        logits = out["logit_scale"] * out["image_features"] @ out["text_features"].T
+        labels = torch.arange(8)
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    with pytest.raises(ValueError, match="not both"):
+        multimodal.create_model("clip_nano", vision={"model": "resnet18", "timm_model": "resnet10t"})
+    with pytest.raises(ValueError, match="model_kwargs only apply"):
+        multimodal.create_model("clip_nano", vision={"model_kwargs": {"stem": "small"}})
+    with pytest.raises(ValueError, match=r"vision\.model\b.*no open_clip counterpart"):
+        clip.to_open_clip_state_dict()
