@@ -89,7 +89,7 @@ def summarize(figures: dict[str, list[dict[str, Any]]], seeds: list[int]) -> str
         plain = model.removeprefix("aa_")
         if model.startswith("aa_") and plain in figures:
             aa, base = [r["top1"] for r in figures[model]], [r["top1"] for r in figures[plain]]
-            diff = statistics.mean(aa) - statistics.mean(base)
+            diff = round(statistics.mean(aa) - statistics.mean(base), 4) + 0.0  # + 0.0: no "-0.0000"
             separated = min(aa) > max(base) or max(aa) < min(base)
             lines.append(
                 f"\n{model} - {plain}: {diff:+.4f} top-1 (mean over {len(aa)} seeds); "
