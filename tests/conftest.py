@@ -1,7 +1,8 @@
-"""Shared fixtures: a tiny shapes dataset with its own card, and a tiny training recipe."""
+"""Shared fixtures: a tiny shapes dataset with its own card, a tiny training recipe, and no network."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,17 @@ from multimodal.data.shapes import ShapesSpec, generate_shapes
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SPEC = ShapesSpec(seed=1, image_size=32, train=384, test=96, heldout=32, samples_per_shard=48)
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if it tries to reach the network (e.g. to download weights)."""
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access in a test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
 @pytest.fixture(scope="session")

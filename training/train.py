@@ -193,6 +193,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     elif cfg.resume == "latest":
         acc.print(f"resume=latest: no checkpoint in {run_dir}, starting afresh")
     seconds_before = state.seconds  # time of the invocations before this one
+
+    def seconds_so_far() -> float:
+        return seconds_before + time.perf_counter() - started
+
     metrics = MetricsLog(acc, run_dir / "metrics.jsonl", state.step if resume_from is not None else None)
     if cfg.train.log_with:
         acc.init_trackers(cfg.run.name, config=cfg.flat())
@@ -218,7 +222,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         carried.merge(global_skips)
         skips = SkipStats()
         state.skips = carried.state_dict()
-        state.seconds = seconds_before + time.perf_counter() - started
+        state.seconds = seconds_so_far()
         state.batches = (
             [int(b) for b in gather_object([state.batches[rank]])] if acc.num_processes > 1 else state.batches
         )
@@ -314,7 +318,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "samples": state.samples,
         "num_processes": acc.num_processes,
         "distributed_type": str(acc.distributed_type).rsplit(".", 1)[-1],
-        "wall_seconds": round(seconds_before + time.perf_counter() - started, 1),  # setup and evaluations included
+        "wall_seconds": round(seconds_so_far(), 1),  # setup and evaluations included
         **eval_results,
         "data": carried.to_json(),
     }

@@ -68,14 +68,12 @@ class SampleDecoder:
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {"key": sample.get("__key__", "")}
-        rng = (
-            random.Random(f"{self.seed}-{sample.get('__epoch__', 0)}-{out['key']}") if self.augment != "none" else None
-        )
-        out["image"] = self._image(sample, rng)
+        draw = f"{self.seed}-{sample.get('__epoch__', 0)}-{out['key']}"  # what seeds this sample's random choices
+        out["image"] = self._image(sample, random.Random(draw) if self.augment != "none" else None)
         if self.label_key is not None:
             out["label"] = self._label(sample)
         if self.captions_key is not None:
-            out["text"] = self._random_caption(sample, random.Random(f"{self.seed}-{sample.get('__epoch__', 0)}-{out['key']}-caption"))
+            out["text"] = self._random_caption(sample, random.Random(f"{draw}-caption"))
         elif self.text_key is not None:
             out["text"] = self._text(sample)
         return out

@@ -102,8 +102,11 @@ class AAConv2d(nn.Module):
         v = v.reshape(B, heads, dvh, H * W).transpose(2, 3)  # (B, heads, HW, dvh)
         bias = self.relative_logits(q * dkh**-0.5, H, W) if self.rel_h is not None else None  # (B, heads, HW, HW)
         out = attention(q, k, v, attn_mask=bias)  # (B, heads, HW, dvh)
-        out = out.transpose(2, 3).reshape(B, self.dv, H, W)  # heads-major channels, positions back on the map
-        return self.attn_out(out)
+        return self.attn_out(self._to_map(out, H, W))
+
+    def _to_map(self, out: Tensor, H: int, W: int) -> Tensor:
+        """Per-head outputs (B, heads, HW, dvh) back on the map as (B, dv, H, W), channels heads-major."""
+        return out.transpose(2, 3).reshape(out.shape[0], self.dv, H, W)  # the permute keeps positions in place
 
     def relative_logits(self, q: Tensor, H: int, W: int) -> Tensor:
         """S_H + S_W for (already scaled) queries (B, heads, HW, d) on an H x W map: (B, heads, HW, HW)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -25,14 +24,7 @@ OPEN_CLIP_NAMES = {"clip_vit_b32": "ViT-B-32", "clip_vit_b16": "ViT-B-16", "clip
 
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail any test that tries to reach the network (e.g. to download weights)."""
-
-    def refuse(*args, **kwargs):
-        raise OSError("network access in a test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+def _offline_and_seeded(offline: None) -> None:
     torch.manual_seed(0)
 
 

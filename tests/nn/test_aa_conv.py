@@ -70,16 +70,8 @@ def test_positional_logits_depend_only_on_the_offset() -> None:
 class ScrambledAAConv2d(AAConv2d):
     """The bug of the most used PyTorch implementation: heads merged back onto the map by a bare reshape."""
 
-    def attend(self, x: Tensor) -> Tensor:
-        B, _, H, W = x.shape
-        heads, dkh, dvh = self.heads, self.dk // self.heads, self.dv // self.heads
-        q, k, v = self.qkv(x).flatten(2).split([self.dk, self.dk, self.dv], dim=1)
-        q = q.reshape(B, heads, dkh, H * W).transpose(2, 3)
-        k = k.reshape(B, heads, dkh, H * W).transpose(2, 3)
-        v = v.reshape(B, heads, dvh, H * W).transpose(2, 3)
-        bias = self.relative_logits(q * dkh**-0.5, H, W)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, heads, HW, dvh)
-        return self.attn_out(out.reshape(B, self.dv, H, W))  # no permute: positions and channels mixed up
+    def _to_map(self, out: Tensor, H: int, W: int) -> Tensor:
+        return out.reshape(out.shape[0], self.dv, H, W)  # no permute: positions and channels mixed up
 
 
 def _self_attending(layer: AAConv2d) -> AAConv2d:

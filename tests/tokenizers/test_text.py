@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-import socket
 
 import open_clip
 import pytest
@@ -21,13 +20,7 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args, **kwargs):
-        raise OSError("network access in a test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 @pytest.mark.parametrize("context_length", [77, 16])
