@@ -13,7 +13,7 @@ from torch import nn
 from .config import ConfigError
 from .models.registry import create_model
 
-__all__ = ["load_checkpoint", "read_run_config"]
+__all__ = ["load_checkpoint", "read_run_config", "run_weights"]
 
 
 def _run_dir(path: Path) -> Path:
@@ -35,6 +35,22 @@ def read_run_config(path: str | Path) -> dict[str, Any]:
     return yaml.safe_load((_run_dir(path) / "config.yaml").read_text())
 
 
+def run_weights(path: str | Path, *, ema: bool | None = None) -> Path:
+    """The weights file ``load_checkpoint`` reads: ``model_ema.safetensors`` when ``ema`` (or ``ema=None`` and the run
+    kept EMA weights), else ``model.safetensors``, of a run directory or a ``checkpoints/step-*`` folder."""
+    path = Path(path)
+    folder = path if (path / "model.safetensors").is_file() else _run_dir(path)
+    weights = folder / "model.safetensors"
+    ema_weights = folder / "model_ema.safetensors"
+    if ema or (ema is None and ema_weights.is_file()):
+        if not ema_weights.is_file():
+            raise ConfigError(f"{folder} has no EMA weights (model_ema.safetensors); load with ema=False")
+        weights = ema_weights
+    if not weights.is_file():
+        raise ConfigError(f"{folder} has no model.safetensors yet: the run has not saved a checkpoint")
+    return weights
+
+
 def load_checkpoint(path: str | Path, *, ema: bool | None = None, device: str | torch.device = "cpu") -> nn.Module:
     """A ready model (eval mode) from a run directory or a ``checkpoints/step-*`` folder.
 
@@ -45,15 +61,7 @@ def load_checkpoint(path: str | Path, *, ema: bool | None = None, device: str | 
     model_cfg = cfg.get("model") or {}
     if "name" not in model_cfg:
         raise ConfigError(f"{_run_dir(path) / 'config.yaml'} names no model (model.name)")
-    folder = path if (path / "model.safetensors").is_file() else _run_dir(path)
-    weights = folder / "model.safetensors"
-    ema_weights = folder / "model_ema.safetensors"
-    if ema or (ema is None and ema_weights.is_file()):
-        if not ema_weights.is_file():
-            raise ConfigError(f"{folder} has no EMA weights (model_ema.safetensors); load with ema=False")
-        weights = ema_weights
-    if not weights.is_file():
-        raise ConfigError(f"{folder} has no model.safetensors yet: the run has not saved a checkpoint")
+    weights = run_weights(path, ema=ema)
     model = create_model(model_cfg["name"], **(model_cfg.get("args") or {}))
     state = load_file(str(weights), device=str(device))
     missing, unexpected = model.load_state_dict(state, strict=False)

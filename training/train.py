@@ -234,10 +234,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     def evaluate() -> dict[str, float]:
         nonlocal last_eval_step
-        results, eval_skips = task.evaluate(model)
+        results, eval_skips = task.evaluate(model, step=state.step)
         out = {f"eval/{k}": v for k, v in results.items()}
         if ema is not None:
-            ema_results, _ = task.evaluate(ema.module)
+            ema_results, _ = task.evaluate(ema.module, step=state.step)
             out.update({f"eval_ema/{k}": v for k, v in ema_results.items()})
         total_skipped = sum(_gather_skips(acc, eval_skips).samples.values())
         if total_skipped:
@@ -333,10 +333,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _format_eval(step: int, results: dict[str, Any], split: str | None) -> str:
-    parts = [
-        f"{k.split('/', 1)[1]} {v:.4f}" if isinstance(v, float) else f"{k.split('/', 1)[1]} {v}"
-        for k, v in results.items()
-    ]
+    def name(key: str) -> str:  # eval/x -> x, eval_ema/x -> ema x
+        group, metric = key.split("/", 1)
+        return f"ema {metric}" if group == "eval_ema" else metric
+
+    parts = [f"{name(k)} {v:.4f}" if isinstance(v, float) else f"{name(k)} {v}" for k, v in results.items()]
     names = [k.split("/", 1)[1] for k in results]
     where = "" if not split or any(n.startswith(f"{split}_") for n in names) else f" on the held-out '{split}' split"
     return f"eval{where} @ step {step}: " + ", ".join(parts)

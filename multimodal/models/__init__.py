@@ -2,6 +2,8 @@
 
 from .aa_resnet import AAResNet, ResNetConfig
 from .clip import CLIP, ClipConfig, ClipTextConfig, ClipVisionConfig, TextTransformer
+from .decoder import UnclipDecoder, UnclipUpsampler
+from .prior import DiffusionPrior, PriorTransformer
 from .registry import create_model, list_models, register_model
 from .vit import AttentionPool, VisionTransformer, VitConfig
 
@@ -12,8 +14,12 @@ __all__ = [
     "ClipConfig",
     "ClipTextConfig",
     "ClipVisionConfig",
+    "DiffusionPrior",
+    "PriorTransformer",
     "ResNetConfig",
     "TextTransformer",
+    "UnclipDecoder",
+    "UnclipUpsampler",
     "VisionTransformer",
     "VitConfig",
     "create_model",

@@ -285,6 +285,15 @@ class CLIP(nn.Module):
         x = self.text(tokens)
         return F.normalize(x, dim=-1) if normalize else x
 
+    def encode_text_tokens(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Token ids (B, L) -> unit-norm text embeddings (B, E), the per-token features (B, L, width) and a padding
+        mask (B, L), True after each row's end-of-text token: the text conditioning of unCLIP's prior and decoder."""
+        feats = self.text.forward_features(tokens)  # (B, L, width)
+        eot = tokens.argmax(dim=-1)  # (B,)
+        embeds = self.text.proj(feats[torch.arange(tokens.shape[0], device=tokens.device), eot])  # (B, E)
+        padding = torch.arange(tokens.shape[1], device=tokens.device)[None] > eot[:, None]  # (B, L)
+        return F.normalize(embeds, dim=-1), feats, padding
+
     def forward(self, images: Tensor, tokens: Tensor) -> dict[str, Tensor]:
         """Images (B, 3, H, W) and token ids (B', L) -> the dict open_clip returns with ``output_dict=True``:
         normalised ``image_features`` (B, E) and ``text_features`` (B', E), ``logit_scale`` already exp'd (a scalar),

@@ -8,10 +8,26 @@ from ..config import TrainConfig
 from .base import Task
 from .classification import ClassificationTask
 from .clip import ClipTask
+from .unclip import DecoderTask, PriorTask, UpsamplerTask
 
-__all__ = ["TASKS", "ClassificationTask", "ClipTask", "Task", "build_task"]
+__all__ = [
+    "TASKS",
+    "ClassificationTask",
+    "ClipTask",
+    "DecoderTask",
+    "PriorTask",
+    "Task",
+    "UpsamplerTask",
+    "build_task",
+]
 
-TASKS: dict[str, type[Task]] = {"classification": ClassificationTask, "clip": ClipTask}
+TASKS: dict[str, type[Task]] = {
+    "classification": ClassificationTask,
+    "clip": ClipTask,
+    "unclip_prior": PriorTask,
+    "unclip_decoder": DecoderTask,
+    "unclip_upsampler": UpsamplerTask,
+}
 
 
 def build_task(cfg: TrainConfig, acc: Accelerator | None = None) -> Task:

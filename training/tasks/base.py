@@ -79,6 +79,6 @@ class Task(ABC):
     def after_step(self, model: nn.Module) -> None:  # noqa: B027 (optional hook)
         """Called with the unwrapped model after every optimizer step (e.g. to clamp CLIP's logit scale)."""
 
-    def evaluate(self, model: nn.Module) -> tuple[dict[str, float], SkipStats]:
+    def evaluate(self, model: nn.Module, *, step: int = 0) -> tuple[dict[str, float], SkipStats]:
         """Metrics computed on every rank's share of the evaluation split, identical on all ranks."""
         return {}, SkipStats()

@@ -75,7 +75,7 @@ class ClassificationTask(Task):
             logs["aux_loss"] = aux.detach()
         return loss, logs
 
-    def evaluate(self, model: nn.Module) -> tuple[dict[str, float], SkipStats]:
+    def evaluate(self, model: nn.Module, *, step: int = 0) -> tuple[dict[str, float], SkipStats]:
         d = self.cfg.data
         if d.eval_split is None:
             return {}, SkipStats()

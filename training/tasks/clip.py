@@ -144,7 +144,7 @@ class ClipTask(Task):
     def after_step(self, model: nn.Module) -> None:
         model.clamp_logit_scale_()
 
-    def evaluate(self, model: nn.Module) -> tuple[dict[str, float], SkipStats]:
+    def evaluate(self, model: nn.Module, *, step: int = 0) -> tuple[dict[str, float], SkipStats]:
         if not self.splits:
             return {}, SkipStats()
         inner = self.acc.unwrap_model(model) if self.acc is not None else model
