@@ -159,9 +159,11 @@ def evaluate_generation(
     inception: InceptionFeatures | None = None,
     grid_dir: Path | None = None,
     batch_prompts: int = 6,
+    dataset: str = "shapes",
+    real_images: int = 1000,
 ) -> dict[str, Any]:
     """The metrics of the module docstring, as a dict (see ``main`` for the printed form)."""
-    seen, held = prompt_set()
+    seen, held = prompt_set(dataset)
     conditions = {"prior": "prior"} | ({"text_embedding": "text"} if ablation else {})
     results: dict[str, Any] = {"n_per_prompt": n, "steps": steps, "prior_guidance": prior_guidance,
                                "decoder_guidance": decoder_guidance, "seed": seed}  # fmt: skip
@@ -210,7 +212,7 @@ def evaluate_generation(
         per_split["seconds"] = round(time.perf_counter() - started, 1)
         results[cond] = per_split
 
-    real, captions, real_labels = _real_images("shapes", 1000, size or 64)
+    real, captions, real_labels = _real_images(dataset, real_images, size or 64)
     real_pred, real_feats = judge(real.to(device))
     caption_embeds = pipe.encode_prompt(captions)[0]
     results["real"] = {
@@ -260,7 +262,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results = evaluate_generation(
         pipe, judge, n=args.n, steps=args.steps, prior_guidance=args.prior_guidance,
         decoder_guidance=args.decoder_guidance, seed=args.seed, ablation=not args.no_ablation,
-        inception=inception, grid_dir=out.parent,
+        inception=inception, grid_dir=out.parent, dataset=args.dataset,
     )  # fmt: skip
     results.update({"checkpoint": str(args.checkpoint), "judge": str(args.judge), "sampler": args.sampler})
     print(f"generation {args.checkpoint} ({args.sampler}, {args.steps} steps, {args.n} images per prompt)")
@@ -279,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prior-guidance", type=float, default=4.0)
     parser.add_argument("--decoder-guidance", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dataset", default="shapes", help="a shapes card (prompts from its colour-shape classes)")
     parser.add_argument("--no-ablation", action="store_true", help="skip the text-embedding-to-decoder ablation")
     parser.add_argument("--inception", help="a local torchvision inception_v3 state dict: adds Inception FID")
     parser.add_argument("--out", help="JSON path (default: CHECKPOINT/eval/generation.json)")

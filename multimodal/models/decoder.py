@@ -325,8 +325,8 @@ class UnclipUpsampler(ModelMixin, ConfigMixin):
 
 
 DECODER_PRESETS: dict[str, dict[str, Any]] = {
-    # 32 px for clip_nano (128-d embeddings, 128-wide text tower)
-    "nano": dict(image_size=32, embed_dim=128, text_width=128, block_out_channels=(32, 64, 128), context_dim=128),
+    # 16 px for clip_nano (128-d embeddings, 128-wide text tower): CPU-trainable in minutes
+    "nano": dict(image_size=16, embed_dim=128, text_width=128, block_out_channels=(32, 64, 128), context_dim=128),
     # the paper's 64 px decoder shape, scaled to a ViT-B/32 CLIP (GPU)
     "base": dict(
         image_size=64,
@@ -341,7 +341,7 @@ DECODER_PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 UPSAMPLER_PRESETS: dict[str, dict[str, Any]] = {
-    "nano": dict(image_size=64, scale=2, crop_size=32, block_out_channels=(32, 64)),
+    "nano": dict(image_size=64, scale=4, crop_size=32, block_out_channels=(32, 64)),
     # 64 -> 256 (the paper's first upsampler), trained on 64 px crops (GPU)
     "base": dict(
         image_size=256,
@@ -357,7 +357,7 @@ UPSAMPLER_PRESETS: dict[str, dict[str, Any]] = {
 
 @register_model
 def unclip_decoder_nano(**overrides: Any) -> UnclipDecoder:
-    """32 px decoder for the clip_nano recipes: 32-64-128 channels, cross attention at 8 x 8."""
+    """16 px decoder for the clip_nano recipes: 32-64-128 channels, cross attention at 4 x 4."""
     return UnclipDecoder(**{**DECODER_PRESETS["nano"], **overrides})
 
 
@@ -369,7 +369,7 @@ def unclip_decoder_base(**overrides: Any) -> UnclipDecoder:
 
 @register_model
 def unclip_upsampler_nano(**overrides: Any) -> UnclipUpsampler:
-    """32 -> 64 px, fully convolutional, 32-64 channels, trained on 32 px crops."""
+    """16 -> 64 px, fully convolutional, 32-64 channels, trained on 32 px crops."""
     return UnclipUpsampler(**{**UPSAMPLER_PRESETS["nano"], **overrides})
 
 

@@ -1,0 +1,159 @@
+"""The unCLIP stages end to end on tiny shapes: a tiny CLIP, then the prior (exact resume), the decoder and the
+upsampler; the generate CLI on the run root and on a saved pipeline; eval.generation with a tiny judge."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from multimodal.data import load_card
+from multimodal.data.embeddings import ClipEmbeddings
+from tests.conftest import REPO, tiny_recipe
+from tests.training.test_clip_task import _train, clip_recipe
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_shapes, tmp_path_factory):
+    """A tiny CLIP, prior, decoder and upsampler trained for a few steps each; returns the run root."""
+    root = tmp_path_factory.mktemp("unclip")
+    tmp = root / "recipes"
+    tmp.mkdir()
+    _train(tmp, clip_recipe(tiny_shapes, root / "clip", train={"steps": 4, "checkpoint_every": 0}))
+    _train(tmp, prior_recipe(tiny_shapes, root, steps=4))
+    _train(tmp, decoder_recipe(tiny_shapes, root))
+    _train(tmp, upsampler_recipe(tiny_shapes, root))
+    return root
+
+
+def prior_recipe(card, root, *, steps, out="prior", **train):
+    recipe = tiny_recipe(card, root / out, train={"steps": steps, "checkpoint_every": 2, **train})
+    recipe["task"] = {"name": "unclip_prior", "clip": str(root / "clip"), "eval_samples": 16, "sample_steps": 3}
+    recipe["model"] = {
+        "name": "unclip_prior_nano",
+        "args": {"embed_dim": 32, "text_width": 32, "text_context": 16, "width": 32, "depth": 1, "heads": 2},
+    }
+    recipe["data"].pop("label")
+    return recipe
+
+
+def decoder_recipe(card, root):
+    recipe = tiny_recipe(card, root / "decoder", train={"steps": 3, "checkpoint_every": 0, "ema_decay": 0.9})
+    recipe["task"] = {"name": "unclip_decoder", "clip": str(root / "clip"), "eval_samples": 8, "sample_steps": 2}
+    recipe["model"] = {
+        "name": "unclip_decoder_nano",
+        "args": {"image_size": 16, "embed_dim": 32, "text_width": 32, "block_out_channels": [16, 32],
+                 "attention": [False, True], "context_dim": 16, "num_image_tokens": 2},
+    }  # fmt: skip
+    recipe["data"].update(image_size=16, caption_sampling="random")
+    recipe["data"].pop("label")
+    return recipe
+
+
+def upsampler_recipe(card, root):
+    recipe = tiny_recipe(card, root / "upsampler", train={"steps": 3, "checkpoint_every": 0})
+    recipe["task"] = {"name": "unclip_upsampler", "eval_samples": 8, "sample_steps": 2}
+    recipe["model"] = {
+        "name": "unclip_upsampler_nano",
+        "args": {"image_size": 32, "crop_size": 16, "block_out_channels": [16, 32]},
+    }
+    recipe["data"].pop("label")
+    return recipe
+
+
+def test_stages_train_and_evaluate(stack, tiny_shapes):
+    card = load_card(tiny_shapes)
+    cache, meta = ClipEmbeddings.load(stack / "clip" / "embeddings" / f"{card.name}-train.safetensors")
+    assert len(cache) == card.split("train").num_samples and cache.image_embeds.shape[1] == 32
+    assert torch.allclose(cache.image_embeds.norm(dim=-1), torch.ones(len(cache)), atol=1e-5)
+    assert int(cache.num_captions.min()) == 5  # the shapes card's five captions per image
+    prior = json.loads((stack / "prior" / "results.json").read_text())
+    assert {"eval/cos_image", "eval/cos_image_shuffled", "eval/cos_text", "eval/retrieval_top1"} <= set(prior)
+    decoder = json.loads((stack / "decoder" / "results.json").read_text())
+    assert -1 <= decoder["eval/clip_cos"] <= 1 and "eval_ema/clip_cos" in decoder
+    assert Image.open(stack / "decoder" / "samples" / "step-00000003.png").size[0] > 16
+    upsampler = json.loads((stack / "upsampler" / "results.json").read_text())
+    assert upsampler["eval/psnr"] > 0 and upsampler["eval/psnr_bicubic"] > 10
+
+
+def test_prior_resumes_exactly(stack, tiny_shapes, tmp_path):
+    straight = _train(tmp_path, prior_recipe(tiny_shapes, stack, steps=4, out="p-straight"))
+    _train(tmp_path, prior_recipe(tiny_shapes, stack, steps=4, out="p-resumed", stop_at=2))
+    resumed = _train(tmp_path, prior_recipe(tiny_shapes, stack, steps=4, out="p-resumed"), ["resume=latest"])
+    assert straight["step"] == resumed["step"] == 4
+    a, b = load_file(stack / "p-straight" / "model.safetensors"), load_file(stack / "p-resumed" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_missing_or_mismatched_clip_is_a_clear_error(stack, tiny_shapes, tmp_path):
+    from training.train import load_config, train
+
+    recipe = prior_recipe(tiny_shapes, stack, steps=2, out="p-bad")
+    recipe["task"]["clip"] = str(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="not a CLIP run directory"):
+        _train(tmp_path, recipe)
+    recipe = prior_recipe(tiny_shapes, stack, steps=2, out="p-bad2")
+    recipe["model"]["args"]["embed_dim"] = 64
+    with pytest.raises(ValueError, match="model.args.embed_dim=32"):
+        _train(tmp_path, recipe)
+    del load_config, train
+
+
+def test_cache_is_rebuilt_when_the_clip_changes(stack, tiny_shapes):
+    from multimodal.data.embeddings import cached_clip_embeddings
+
+    card = load_card(tiny_shapes)
+    path = stack / "clip" / "embeddings" / f"{card.name}-test.safetensors"
+    before = ClipEmbeddings.load(path)[0].image_embeds
+    weights = stack / "clip" / "model.safetensors"
+    original = weights.read_bytes()
+    try:
+        from safetensors.torch import save_file
+
+        state = load_file(weights)
+        state = {k: v + 0.1 * torch.randn_like(v) if k.startswith("visual.head") else v for k, v in state.items()}
+        save_file(state, str(weights))
+        after = cached_clip_embeddings(stack / "clip", card, "test").image_embeds
+        assert not torch.allclose(before, after)
+    finally:
+        weights.write_bytes(original)
+        cached_clip_embeddings(stack / "clip", card, "test")  # back to the original weights' cache
+
+
+def test_generate_cli_from_runs_and_from_a_saved_pipeline(stack, tmp_path):
+    def generate(checkpoint, out, *extra):
+        cmd = [sys.executable, "-m", "multimodal.generate", "--checkpoint", str(checkpoint), "a red circle",
+               "a blue star", "--n", "2", "--steps", "2", "--out", str(out), *extra]  # fmt: skip
+        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+    first = generate(stack, tmp_path / "a.png", "--save", str(tmp_path / "pipe"))
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "2 prompt(s) x 2 images of 32 px" in first.stdout
+    second = generate(tmp_path / "pipe", tmp_path / "b.png")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    bad = generate(tmp_path / "nowhere", tmp_path / "c.png")
+    assert bad.returncode == 2 and "does not exist" in bad.stderr and not (tmp_path / "c.png").exists()
+
+
+def test_eval_generation_reports_every_metric(stack, tiny_shapes, tmp_path):
+    from eval.generation import Judge, evaluate_generation
+    from multimodal.generate import load_pipeline
+
+    judge_recipe = tiny_recipe(tiny_shapes, stack / "judge", train={"steps": 2, "checkpoint_every": 0})
+    _train(tmp_path, judge_recipe)
+    pipe = load_pipeline(stack)
+    results = evaluate_generation(pipe, Judge(stack / "judge"), n=1, steps=2, dataset=str(tiny_shapes),
+                                  real_images=64, grid_dir=tmp_path)  # fmt: skip
+    for cond in ("prior", "text_embedding"):
+        assert results[cond]["seen"]["n"] == 30 and results[cond]["heldout"]["n"] == 6
+        for key in ("prompt_accuracy", "color_accuracy", "shape_accuracy"):
+            assert 0 <= results[cond]["seen"][key] <= 1
+        assert results[cond]["seen"]["fd_judge_features"] >= 0
+    assert 0 <= results["real"]["judge_accuracy"] <= 1
+    assert (tmp_path / "prior-seen.png").is_file()
