@@ -255,7 +255,7 @@ def format_table(results: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
-    pipe = load_pipeline(args.checkpoint, sampler=args.sampler).to(device)
+    pipe = load_pipeline(args.checkpoint, sampler=args.sampler, decoder=args.decoder).to(device)
     judge = Judge(args.judge, device=device)
     inception = InceptionFeatures(args.inception, device=device) if args.inception else None
     out = Path(args.out) if args.out else Path(args.checkpoint) / "eval" / "generation.json"
@@ -264,7 +264,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         decoder_guidance=args.decoder_guidance, seed=args.seed, ablation=not args.no_ablation,
         inception=inception, grid_dir=out.parent, dataset=args.dataset,
     )  # fmt: skip
-    results.update({"checkpoint": str(args.checkpoint), "judge": str(args.judge), "sampler": args.sampler})
+    results.update({"checkpoint": str(args.checkpoint), "decoder": args.decoder, "judge": str(args.judge),
+                    "sampler": args.sampler})  # fmt: skip
     print(f"generation {args.checkpoint} ({args.sampler}, {args.steps} steps, {args.n} images per prompt)")
     print(format_table(results))
     write_result(out, results)
@@ -274,6 +275,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.generation", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="saved pipeline folder or unCLIP run root")
+    parser.add_argument("--decoder", help="another decoder run or checkpoint folder (with an unCLIP run root)")
     parser.add_argument("--judge", required=True, help="run directory of a shapes color_shape classifier")
     parser.add_argument("--n", type=int, default=8, help="images per prompt")
     parser.add_argument("--steps", type=int, default=25, help="denoising steps of each stage")

@@ -22,19 +22,22 @@ from .models.diffusion import SAMPLERS
 __all__ = ["load_pipeline", "main", "make_grid"]
 
 
-def load_pipeline(checkpoint: str | Path, *, sampler: str = "dpmsolver++"):
-    """An :class:`~multimodal.pipelines.unclip.UnclipPipeline` from a saved pipeline or an unCLIP run root."""
+def load_pipeline(checkpoint: str | Path, *, sampler: str = "dpmsolver++", decoder: str | Path | None = None):
+    """An :class:`~multimodal.pipelines.unclip.UnclipPipeline` from a saved pipeline or an unCLIP run root; with an
+    unCLIP run root, ``decoder`` may name another decoder run or checkpoint (e.g. ``decoder/checkpoints/step-N``)."""
     from .pipelines.unclip import UnclipPipeline
 
     path = Path(checkpoint)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     if (path / "model_index.json").is_file():
+        if decoder is not None:
+            raise ValueError("decoder= applies to an unCLIP run root, not to a saved pipeline")
         pipe = UnclipPipeline.from_pretrained(str(path))
         if sampler != "dpmsolver++":
             pipe = UnclipPipeline.from_components(pipe.clip, pipe.prior, pipe.decoder, pipe.upsampler, sampler=sampler)
         return pipe
-    return UnclipPipeline.from_runs(path, sampler=sampler)
+    return UnclipPipeline.from_runs(path, sampler=sampler, decoder=decoder)
 
 
 def make_grid(images: list[Image.Image], *, columns: int, pad: int = 2) -> Image.Image:

@@ -228,7 +228,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         )
         save_checkpoint(
             acc, run_dir, step=state.step, model=model, ema=ema.module if ema else None,
-            state={"step": state.step, "samples": state.samples, "batches": state.batches},
+            state={"step": state.step, "samples": state.samples, "batches": state.batches, "seconds": state.seconds},
             keep=cfg.train.keep_checkpoints,
         )  # fmt: skip
 

@@ -1,0 +1,123 @@
+"""Prompt accuracy against training minutes: ``python -m eval.generation_curve --checkpoint RUN --judge CLASSIFIER``.
+
+Evaluates the unCLIP stack of run root RUN (``prior/``, ``decoder/``, ``upsampler/``) once per kept decoder
+checkpoint (``decoder/checkpoints/step-*``), with the final prior and upsampler, as ``eval.generation`` does. The
+minutes of a point are the whole stack's training wall time up to it: the CLIP's, the prior's and the upsampler's
+runs in full plus the decoder's time up to that checkpoint (each from its ``results.json`` or the checkpoint's
+``state.json``). Writes ``RUN/eval/curve.json``, a plot ``RUN/eval/curve.png`` and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageDraw
+
+from multimodal.checkpoint import read_run_config
+from multimodal.config import ConfigError
+from multimodal.generate import load_pipeline, save_atomic
+
+from .common import run_cli, write_result
+from .generation import Judge, evaluate_generation
+
+__all__ = ["main", "plot_curve"]
+
+
+def _wall_seconds(run: Path) -> float:
+    path = run / "results.json"
+    if not path.is_file():
+        raise ConfigError(f"{run} has no results.json: the run has not finished")
+    return float(json.loads(path.read_text())["wall_seconds"])
+
+
+def plot_curve(points: list[dict[str, Any]], path: Path, *, goal: float | None = 0.8) -> None:
+    """A line plot of seen and held-out prompt accuracy against minutes, drawn with PIL (no plotting library)."""
+    W, H, left, right, top, bottom = 640, 400, 60, 20, 30, 50
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    x_max = max(p["minutes"] for p in points) * 1.05
+
+    def xy(minutes: float, acc: float) -> tuple[float, float]:
+        return left + (W - left - right) * minutes / x_max, H - bottom - (H - top - bottom) * acc
+
+    d.rectangle([left, top, W - right, H - bottom], outline="black")
+    for k in range(0, 11, 2):
+        y = xy(0, k / 10)[1]
+        d.line([left - 4, y, left, y], fill="black")
+        d.text((left - 34, y - 6), f"{k / 10:.1f}", fill="black")
+    step = 10 if x_max <= 120 else 30
+    for m in range(0, int(x_max) + 1, step):
+        x = xy(m, 0)[0]
+        d.line([x, H - bottom, x, H - bottom + 4], fill="black")
+        d.text((x - 8, H - bottom + 8), str(m), fill="black")
+    d.text((W // 2 - 70, H - 22), "training minutes (whole stack)", fill="black")
+    d.text((left, 8), "prompt accuracy (colour and shape right, judged by a classifier)", fill="black")
+    if goal is not None:
+        y = xy(0, goal)[1]
+        d.line([left, y, W - right, y], fill=(160, 160, 160), width=1)
+        d.text((W - right - 40, y - 14), f"goal {goal}", fill=(120, 120, 120))
+    for key, color in (("seen", (200, 30, 30)), ("heldout", (30, 80, 230))):
+        pts = [xy(p["minutes"], p[key]) for p in points]
+        d.line(pts, fill=color, width=2)
+        for x, y in pts:
+            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
+        d.text((pts[-1][0] - 60, pts[-1][1] - 16), key, fill=color)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_atomic(img, path)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    root = Path(args.checkpoint)
+    clip = Path(read_run_config(root / "prior").get("task", {}).get("clip", ""))
+    fixed = {name: _wall_seconds(run) for name, run in
+             (("clip", clip), ("prior", root / "prior"), ("upsampler", root / "upsampler"))}  # fmt: skip
+    decoders = sorted((root / "decoder" / "checkpoints").glob("step-*"))
+    if not decoders:
+        raise ConfigError(f"{root / 'decoder'} keeps no checkpoints to evaluate")
+    device = torch.device(args.device)
+    judge = Judge(args.judge, device=device)
+    points = []
+    for folder in decoders:
+        state = json.loads((folder / "state.json").read_text())
+        if "seconds" not in state:
+            raise ConfigError(f"{folder}/state.json records no training seconds (written by an older trainer)")
+        pipe = load_pipeline(root, decoder=folder).to(device)
+        result = evaluate_generation(pipe, judge, n=args.n, steps=args.steps, ablation=False, seed=args.seed)
+        minutes = (sum(fixed.values()) + state["seconds"]) / 60
+        points.append({
+            "decoder_step": state["step"],
+            "minutes": round(minutes, 1),
+            "seen": result["prior"]["seen"]["prompt_accuracy"],
+            "heldout": result["prior"]["heldout"]["prompt_accuracy"],
+            "seen_color": result["prior"]["seen"]["color_accuracy"],
+            "seen_shape": result["prior"]["seen"]["shape_accuracy"],
+        })  # fmt: skip
+        print(f"decoder step {state['step']}: {points[-1]}", flush=True)
+    out = {"checkpoint": str(root), "judge": str(args.judge), "stage_seconds": fixed, "points": points}
+    write_result(root / "eval" / "curve.json", out)
+    plot_curve(points, root / "eval" / "curve.png")
+    print("| decoder step | stack minutes | seen prompt acc | colour | shape | held-out prompt acc |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for p in points:
+        print(f"| {p['decoder_step']} | {p['minutes']:.1f} | {p['seen']:.4f} | {p['seen_color']:.4f} | "
+              f"{p['seen_shape']:.4f} | {p['heldout']:.4f} |")  # fmt: skip
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval.generation_curve", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="unCLIP run root (prior/, decoder/, upsampler/)")
+    parser.add_argument("--judge", required=True, help="run directory of a shapes color_shape classifier")
+    parser.add_argument("--n", type=int, default=4, help="images per prompt")
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return run_cli(run, parser, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
