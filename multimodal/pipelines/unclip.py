@@ -26,7 +26,7 @@ from diffusers import ConfigMixin, DiffusionPipeline, ImagePipelineOutput, Model
 from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..models.decoder import UnclipDecoder, UnclipUpsampler
 from ..models.diffusion import make_sampler
@@ -34,7 +34,7 @@ from ..models.prior import DiffusionPrior
 from ..models.registry import create_model
 from ..tokenizers import ClipTokenizer
 
-__all__ = ["ClipEncoder", "UnclipPipeline", "slerp"]
+__all__ = ["ClipEncoder", "UnclipPipeline", "clip_image_embeddings", "slerp"]
 
 
 class ClipEncoder(ModelMixin, ConfigMixin):
@@ -64,13 +64,19 @@ class ClipEncoder(ModelMixin, ConfigMixin):
 
     def encode_images(self, images: Tensor) -> Tensor:
         """Images (B, 3, H, W) in [-1, 1], any size -> unit CLIP image embeddings (B, E)."""
-        size = self.clip.cfg.vision.img_size
-        x = images.float()
-        if x.shape[-2:] != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        mean = torch.tensor(self.config.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.config.std, device=x.device).view(1, 3, 1, 1)
-        return self.clip.encode_image(((x * 0.5 + 0.5) - mean) / std, normalize=True).float()
+        return clip_image_embeddings(self.clip, images, mean=self.config.mean, std=self.config.std)
+
+
+def clip_image_embeddings(clip: nn.Module, images: Tensor, *, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Unit CLIP image embeddings (B, E) of images (B, 3, H, W) in [-1, 1] of any size: resized to the image tower's
+    side and normalised with the CLIP run's ``mean`` and ``std``."""
+    size = clip.cfg.vision.img_size
+    x = images.float()
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    return clip.encode_image(((x * 0.5 + 0.5) - m) / s, normalize=True).float()
 
 
 def slerp(a: Tensor, b: Tensor, t: float) -> Tensor:
@@ -118,6 +124,18 @@ class UnclipPipeline(DiffusionPipeline):
         upsampler_scheduler: SchedulerMixin | None,
     ) -> None:
         super().__init__()
+        size = decoder.config.image_size
+        if upsampler is not None and size * upsampler.config.scale != upsampler.config.image_size:
+            raise ValueError(
+                f"the decoder makes {size} px images, which the upsampler's {upsampler.config.scale}x turns into "
+                f"{size * upsampler.config.scale} px, but it was built for {upsampler.config.image_size} px: "
+                "train an upsampler with image_size = the decoder's image_size x scale"
+            )
+        if prior.config.embed_dim != decoder.config.embed_dim:
+            raise ValueError(
+                f"the prior makes {prior.config.embed_dim}-d embeddings, the decoder reads "
+                f"{decoder.config.embed_dim}-d ones: both must be the CLIP's embed_dim"
+            )
         self.register_modules(
             clip=clip,
             prior=prior,

@@ -31,7 +31,7 @@ def tiny_pipeline(sampler: str = "dpmsolver++") -> UnclipPipeline:
         "unclip_decoder_nano", image_size=8, embed_dim=16, text_width=24, block_out_channels=(16, 32),
         attention=(False, True), context_dim=16, num_image_tokens=2,
     )  # fmt: skip
-    upsampler = create_model("unclip_upsampler_nano", image_size=16, crop_size=8, block_out_channels=(16, 32))
+    upsampler = create_model("unclip_upsampler_nano", image_size=16, scale=2, crop_size=8, block_out_channels=(16, 32))
     return UnclipPipeline.from_components(clip, prior, decoder, upsampler, sampler=sampler)
 
 
@@ -101,6 +101,15 @@ def test_slerp_endpoints_and_unit_norm():
     mid = slerp(a, b, 0.5)
     assert float(mid.norm()) == pytest.approx(1.0, abs=1e-5)
     assert float((mid * a).sum()) == pytest.approx(float((mid * b).sum()), abs=1e-5)
+
+
+def test_mismatched_stages_are_a_clear_error():
+    from multimodal import create_model
+
+    pipe = tiny_pipeline()
+    wrong = create_model("unclip_upsampler_nano", image_size=64, scale=4, block_out_channels=(16, 32))
+    with pytest.raises(ValueError, match="upsampler's 4x turns into 32 px"):
+        UnclipPipeline.from_components(pipe.clip, pipe.prior, pipe.decoder, wrong)
 
 
 def test_bad_prompts_are_clear_errors():

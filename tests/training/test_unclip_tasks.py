@@ -60,7 +60,7 @@ def upsampler_recipe(card, root):
     recipe["task"] = {"name": "unclip_upsampler", "eval_samples": 8, "sample_steps": 2}
     recipe["model"] = {
         "name": "unclip_upsampler_nano",
-        "args": {"image_size": 32, "crop_size": 16, "block_out_channels": [16, 32]},
+        "args": {"image_size": 32, "scale": 2, "crop_size": 16, "block_out_channels": [16, 32]},
     }
     recipe["data"].pop("label")
     return recipe

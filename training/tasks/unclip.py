@@ -240,13 +240,10 @@ class DecoderTask(_ClipConditioned):
     def clip_image_embeds(self, images: Tensor) -> Tensor:
         """CLIP image embeddings (B, E) of images in [-1, 1], preprocessed as the CLIP run was."""
         from multimodal.checkpoint import read_run_config
+        from multimodal.pipelines.unclip import clip_image_embeddings
 
         data = read_run_config(self.cfg.task.clip).get("data", {})
-        size = self.clip.cfg.vision.img_size
-        x = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        mean = torch.tensor(data["mean"], device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(data["std"], device=x.device).view(1, 3, 1, 1)
-        return self.clip.encode_image(((x * 0.5 + 0.5) - mean) / std, normalize=True).float()
+        return clip_image_embeddings(self.clip, images, mean=data["mean"], std=data["std"])
 
 
 class UpsamplerTask(Task):
