@@ -87,6 +87,7 @@ class TrainLoopConfig(Config):
     checkpoint_every: int = 0  # 0: checkpoint at the end only
     keep_checkpoints: int = 2
     ema_decay: float = 0.0  # 0: no EMA
+    ema_warmup: bool = True  # decay of update n: min(ema_decay, (1 + n) / (10 + n))
     log_with: tuple[str, ...] = ("tensorboard",)
     progress: bool = True
     cpu: bool = False  # force the CPU even when an accelerator is present

@@ -177,7 +177,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
     model, optimizer = acc.prepare(model, optimizer)
-    ema = ModelEma(acc.unwrap_model(model), cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+    ema = (
+        ModelEma(acc.unwrap_model(model), cfg.train.ema_decay, warmup=cfg.train.ema_warmup)
+        if cfg.train.ema_decay > 0
+        else None
+    )
     state = TrainState(batches=[0] * acc.num_processes)
     acc.register_for_checkpointing(scheduler, state, *([ema] if ema is not None else []))
 

@@ -187,3 +187,24 @@ def test_image_folder_dataset_trains_and_evaluates(tmp_path):
     assert results["eval/top1"] == 1.0  # solid red vs solid blue
     cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert cfg["data"]["label"] == "label" and cfg["model"]["args"]["num_classes"] == 2
+
+
+def test_ema_warmup_decay_and_its_checkpointed_count():
+    from torch import nn
+
+    from training.ema import ModelEma
+
+    model = nn.Linear(2, 2)
+    ema = ModelEma(model, 0.99)
+    decays = []
+    for _ in range(3):
+        decays.append(ema.current_decay())
+        ema.update(model)
+    assert decays == [1 / 10, 2 / 11, 3 / 12]
+    restored = ModelEma(model, 0.99)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.num_updates == 3 and restored.current_decay() == 4 / 13
+    assert ModelEma(model, 0.99, warmup=False).current_decay() == 0.99
+    legacy = ModelEma(model, 0.99)
+    legacy.load_state_dict(model.state_dict())  # a checkpoint from before the count was kept: no warmup left
+    assert legacy.current_decay() == 0.99
