@@ -49,8 +49,8 @@ class _ClipConditioned(Task):
             )
         if not (Path(cfg.task.clip) / "config.yaml").is_file():
             raise ValueError(
-                f"task.clip={cfg.task.clip!r} is not a CLIP run directory (no config.yaml); train one first: "
-                "accelerate launch -m training.train configs/clip/shapes.yaml"
+                f"task.clip={cfg.task.clip!r} is not a CLIP run directory (no config.yaml); train the CLIP first "
+                "(configs/clip/shapes.yaml for the shapes recipes) or point task.clip at its run"
             )
         self.card = load_card(cfg.data.dataset)
         if self.card.format == "folder":
