@@ -19,18 +19,22 @@ setup: $(STAMP)
 # a judge classifier (configs/vision/resnet18-shapes.yaml, shortened), a grid of generated images for six prompts,
 # and the prompt accuracy the judge gives the generated images.
 DEMO_STEPS ?= 1000
+DEMO_PRIOR_STEPS ?= 150
+DEMO_DECODER_STEPS ?= 1000
+DEMO_UPSAMPLER_STEPS ?= 300
+DEMO_JUDGE_STEPS ?= 500
 DEMO_PROMPTS := "a red circle" "a green square" "a blue triangle" "a yellow star" "a purple diamond" "an orange cross"
 demo: setup
 	$(PY) -m training.train configs/clip/shapes.yaml run.name=clip-shapes-demo train.steps=$(DEMO_STEPS) \
 		train.eval_every=500 run.overwrite=true
 	$(PY) -m eval.zeroshot --checkpoint runs/clip-shapes-demo --dataset shapes
 	$(PY) -m training.train configs/unclip/shapes-prior.yaml task.clip=runs/clip-shapes-demo \
-		run.out_dir=runs/unclip-demo/prior train.steps=150 train.eval_every=0 run.overwrite=true
+		run.out_dir=runs/unclip-demo/prior train.steps=$(DEMO_PRIOR_STEPS) train.eval_every=0 run.overwrite=true
 	$(PY) -m training.train configs/unclip/shapes-decoder.yaml task.clip=runs/clip-shapes-demo \
-		run.out_dir=runs/unclip-demo/decoder train.steps=1000 train.eval_every=0 run.overwrite=true
+		run.out_dir=runs/unclip-demo/decoder train.steps=$(DEMO_DECODER_STEPS) train.eval_every=0 run.overwrite=true
 	$(PY) -m training.train configs/unclip/shapes-upsampler.yaml run.out_dir=runs/unclip-demo/upsampler \
-		train.steps=300 train.eval_every=0 run.overwrite=true
-	$(PY) -m training.train configs/vision/resnet18-shapes.yaml run.name=judge-shapes-demo train.steps=500 \
+		train.steps=$(DEMO_UPSAMPLER_STEPS) train.eval_every=0 run.overwrite=true
+	$(PY) -m training.train configs/vision/resnet18-shapes.yaml run.name=judge-shapes-demo train.steps=$(DEMO_JUDGE_STEPS) \
 		train.eval_every=0 run.overwrite=true
 	$(PY) -m multimodal.generate --checkpoint runs/unclip-demo $(DEMO_PROMPTS) --n 6 --out runs/unclip-demo/grid.png
 	$(PY) -m eval.generation --checkpoint runs/unclip-demo --judge runs/judge-shapes-demo --n 2 --no-ablation
