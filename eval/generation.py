@@ -14,7 +14,8 @@ generates ``--n`` images from the prompt "a {colour} {shape}" and reports:
 - the paper's ablation (section 5.1): the decoder fed the prior's image embedding versus the CLIP text embedding
   directly, same prompts and seeds.
 
-Results go to ``RUN/eval/generation.json`` (or ``--out``) and a grid per condition next to it.
+Results go to ``RUN/eval/generation.json`` (or ``--out``) and a grid per condition and split next to it
+(``generation-prior-seen.png``: one row per prompt).
 """
 
 from __future__ import annotations
@@ -158,6 +159,7 @@ def evaluate_generation(
     ablation: bool = True,
     inception: InceptionFeatures | None = None,
     grid_dir: Path | None = None,
+    grid_prefix: str = "",
     batch_prompts: int = 6,
     dataset: str = "shapes",
     real_images: int = 1000,
@@ -208,7 +210,8 @@ def evaluate_generation(
             if grid_dir is not None:
                 from multimodal.pipelines.unclip import _to_pil
 
-                save_atomic(make_grid(_to_pil(images_t), columns=n), grid_dir / f"{cond}-{split}.png")
+                grid = make_grid(_to_pil(images_t), columns=n)
+                save_atomic(grid, grid_dir / f"{grid_prefix}{cond}-{split}.png")
         per_split["seconds"] = round(time.perf_counter() - started, 1)
         results[cond] = per_split
 
@@ -262,7 +265,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results = evaluate_generation(
         pipe, judge, n=args.n, steps=args.steps, prior_guidance=args.prior_guidance,
         decoder_guidance=args.decoder_guidance, seed=args.seed, ablation=not args.no_ablation,
-        inception=inception, grid_dir=out.parent, dataset=args.dataset,
+        inception=inception, grid_dir=out.parent, grid_prefix=f"{out.stem}-", dataset=args.dataset,
     )  # fmt: skip
     results.update({"checkpoint": str(args.checkpoint), "decoder": args.decoder, "judge": str(args.judge),
                     "sampler": args.sampler})  # fmt: skip
