@@ -14,11 +14,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The whole suite on the shapes data in short schedules: a CLIP (1,000 of configs/clip/shapes.yaml's 3,800 steps),
+# The whole suite on the shapes data in short schedules: a CLIP (1,500 of configs/clip/shapes.yaml's 3,800 steps),
 # zero-shot evaluated; then unCLIP on that CLIP: prior, decoder and upsampler (short runs of configs/unclip/*),
 # a judge classifier (configs/vision/resnet18-shapes.yaml, shortened), a grid of generated images for six prompts,
 # and the prompt accuracy the judge gives the generated images.
-DEMO_STEPS ?= 1000
+DEMO_STEPS ?= 1500
 DEMO_PRIOR_STEPS ?= 150
 DEMO_DECODER_STEPS ?= 1000
 DEMO_UPSAMPLER_STEPS ?= 300
