@@ -56,6 +56,7 @@ class _ClipConditioned(Task):
         if self.card.format == "folder":
             raise ValueError(f"unCLIP needs captions; {self.card.name} is an image folder without any")
         self._clip: nn.Module | None = None
+        self._clip_data: dict[str, Any] | None = None
         self._embeddings: dict[str, ClipEmbeddings] = {}
 
     @property
@@ -242,8 +243,9 @@ class DecoderTask(_ClipConditioned):
         from multimodal.checkpoint import read_run_config
         from multimodal.pipelines.unclip import clip_image_embeddings
 
-        data = read_run_config(self.cfg.task.clip).get("data", {})
-        return clip_image_embeddings(self.clip, images, mean=data["mean"], std=data["std"])
+        if self._clip_data is None:  # the CLIP run's preprocessing, read once
+            self._clip_data = read_run_config(self.cfg.task.clip).get("data", {})
+        return clip_image_embeddings(self.clip, images, mean=self._clip_data["mean"], std=self._clip_data["std"])
 
 
 class UpsamplerTask(Task):
