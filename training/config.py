@@ -25,16 +25,21 @@ class RunConfig(Config):
 
 @dataclasses.dataclass(frozen=True)
 class TaskConfig(Config):
-    name: Literal["classification", "clip", "unclip_prior", "unclip_decoder", "unclip_upsampler"] = "classification"
+    name: Literal["classification", "clip", "unclip_prior", "unclip_decoder", "unclip_upsampler", "gato"] = (
+        "classification"
+    )
     label_smoothing: float = 0.0  # classification
     aux_loss_weight: float = 0.01  # mixture-of-experts load balancing (Switch Transformer's alpha)
     loss: Literal["clip", "siglip"] = "clip"  # clip: contrastive loss of the image and text towers
     grad_cache_chunks: int = 1  # clip: exact gradient of a batch computed in this many chunks (GradCache)
     zeroshot_splits: tuple[str, ...] = ()  # clip: splits to zero-shot classify (default: data.eval_split)
     clip: str | None = None  # unclip_prior / unclip_decoder: the frozen CLIP's run directory
-    eval_samples: int = 64  # unclip_*: evaluation samples drawn at each evaluation
+    eval_samples: int = 64  # unclip_*: evaluation samples drawn at each evaluation; gato: images captioned
     guidance_scale: float = 3.0  # unclip_prior / unclip_decoder: classifier-free guidance of evaluation samples
     sample_steps: int = 25  # unclip_*: DPM-Solver++ steps of evaluation samples
+    mixture: dict[str, float] = dataclasses.field(default_factory=dict)  # gato: dataset card -> share of a batch
+    prompt_prob: float = 0.25  # gato: share of control sequences prefixed with a demonstration of the same task
+    eval_episodes: int = 5  # gato: rollouts per control dataset at each evaluation
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import webdataset as wds
 
@@ -39,6 +40,7 @@ class DatasetCard(Config):
     description: str = ""
     format: Literal["wds", "folder"] = "wds"
     generator: str | None = None
+    generator_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # keyword arguments of the generator
     root: str = ""
     image_key: str = "png"
     text_key: str = "txt"
@@ -73,7 +75,8 @@ class DatasetCard(Config):
         urls = wds.shardlists.expand_urls(pattern)
         missing = [u for u in urls if "://" not in u and not os.path.exists(u)]
         if missing:
-            hint = f"; build it with `python -m multimodal.data.{self.generator} --out {self.root_dir}`"
+            flags = "".join(f" --{k.replace('_', '-')} {v}" for k, v in self.generator_args.items())
+            hint = f"; build it with `python -m multimodal.data.{self.generator} --out {self.root_dir}{flags}`"
             raise FileNotFoundError(
                 f"{len(missing)} of {len(urls)} shards of {self.name}/{split} are missing, e.g. {missing[0]}"
                 + (hint if self.generator else "")
@@ -140,9 +143,16 @@ def _folder_card(path: Path) -> DatasetCard:
 
 
 def ensure_dataset(card: DatasetCard, *, progress: bool = False) -> None:
-    """Build a generated dataset (``card.generator``) if its files are missing; a no-op otherwise."""
+    """Build a generated dataset (``card.generator``) if its files are missing; a no-op otherwise.
+
+    The card's ``generator_args`` are passed to the generator as keyword arguments.
+    """
     if card.generator is None:
         return
     module = importlib.import_module(f"multimodal.data.{card.generator}")
     build = getattr(module, f"generate_{card.generator}")
-    build(card.root_dir, progress=progress)
+    try:
+        inspect.signature(build).bind(card.root_dir, progress=progress, **card.generator_args)
+    except TypeError as e:
+        raise ConfigError(f"dataset {card.name!r}: generator_args do not fit generate_{card.generator}: {e}") from None
+    build(card.root_dir, progress=progress, **card.generator_args)

@@ -3,6 +3,7 @@
 from .aa_resnet import AAResNet, ResNetConfig
 from .clip import CLIP, ClipConfig, ClipTextConfig, ClipVisionConfig, TextTransformer
 from .decoder import UnclipDecoder, UnclipUpsampler
+from .gato import Gato, GatoConfig
 from .prior import DiffusionPrior, PriorTransformer
 from .registry import create_model, list_models, register_model
 from .vit import AttentionPool, VisionTransformer, VitConfig
@@ -15,6 +16,8 @@ __all__ = [
     "ClipTextConfig",
     "ClipVisionConfig",
     "DiffusionPrior",
+    "Gato",
+    "GatoConfig",
     "PriorTransformer",
     "ResNetConfig",
     "TextTransformer",

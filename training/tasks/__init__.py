@@ -8,6 +8,7 @@ from ..config import TrainConfig
 from .base import Task
 from .classification import ClassificationTask
 from .clip import ClipTask
+from .gato import GatoTask
 from .unclip import DecoderTask, PriorTask, UpsamplerTask
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "ClassificationTask",
     "ClipTask",
     "DecoderTask",
+    "GatoTask",
     "PriorTask",
     "Task",
     "UpsamplerTask",
@@ -27,6 +29,7 @@ TASKS: dict[str, type[Task]] = {
     "unclip_prior": PriorTask,
     "unclip_decoder": DecoderTask,
     "unclip_upsampler": UpsamplerTask,
+    "gato": GatoTask,
 }
 
 

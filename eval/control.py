@@ -1,0 +1,128 @@
+"""Roll a GATO run out in its environments: ``python -m eval.control --checkpoint RUN --env CartPole-v1``.
+
+Each episode starts from an evaluation seed (``multimodal.data.control.EVAL_SEED_START`` on, never in the data) and
+the model is prompted with a successful demonstration: the best-scoring held-out (test split) expert episode, whose
+last timesteps fill half of the context. Prints, per environment, the mean return, the expert-normalised score
+(0 = the random policy, 1 = the scripted expert; references from the dataset's manifest) and the per-episode
+returns, and writes them as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from multimodal import load_checkpoint
+from multimodal.checkpoint import read_run_config
+from multimodal.config import ConfigError
+from multimodal.data import ensure_dataset, load_card
+from multimodal.data.cards import DatasetCard
+from multimodal.data.control import ENVS, EVAL_SEED_START, dataset_name, env_spec, normalised_score, read_episodes
+from multimodal.data.shards import read_manifest
+from multimodal.pipelines.gato import GatoAgent
+from multimodal.tokenizers.gato import GatoTokenizer
+
+from .common import run_cli, write_result
+
+__all__ = ["evaluate_control", "gato_tokenizer", "main"]
+
+
+def gato_tokenizer(model: nn.Module) -> GatoTokenizer:
+    """The tokenizer whose vocabulary layout the model was built for."""
+    tokenizer = GatoTokenizer()
+    cfg = model.cfg
+    if (cfg.text_vocab_size, cfg.num_bins, cfg.patch_size) != (
+        tokenizer.text_vocab_size,
+        tokenizer.num_bins,
+        tokenizer.patch_size,
+    ):
+        raise ConfigError(
+            f"the model's vocabulary layout (text {cfg.text_vocab_size}, bins {cfg.num_bins}) is not the default "
+            f"GATO tokenizer's ({tokenizer.text_vocab_size}, {tokenizer.num_bins})"
+        )
+    return tokenizer
+
+
+def evaluate_control(
+    model: nn.Module, tokenizer: GatoTokenizer, card: DatasetCard, *, episodes: int, first_seed: int = EVAL_SEED_START
+) -> dict[str, Any]:
+    """Roll ``model`` out for ``episodes`` episodes of the card's environment, all at once in lockstep."""
+    from multimodal.data.control import run_episodes
+
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    env_id = card.generator_args.get("env_id")
+    if env_id is None:
+        raise ConfigError(f"dataset {card.name!r} is not a control dataset (its card names no generator_args.env_id)")
+    ensure_dataset(card)
+    manifest = read_manifest(card.root_dir)
+    references = {k: manifest["reference_returns"][k] for k in ("random", "expert")}
+    demos = read_episodes(card, "test")
+    demonstration = max(demos, key=lambda e: e.total_return)
+    agent = GatoAgent(model, tokenizer, env_spec(env_id), demonstration)
+    start = time.perf_counter()
+    rollouts = run_episodes(env_id, agent.policy(), range(first_seed, first_seed + episodes))
+    returns = [e.total_return for e in rollouts]
+    mean = float(np.mean(returns))
+    return {
+        "env_id": env_id,
+        "episodes": episodes,
+        "first_seed": first_seed,
+        "mean_return": mean,
+        "std_return": float(np.std(returns)),
+        "normalised_score": normalised_score(mean, **references),
+        "references": references,
+        "returns": returns,
+        "lengths": [e.length for e in rollouts],
+        "demonstration": {"seed": demonstration.seed, "return": demonstration.total_return},
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    model = load_checkpoint(args.checkpoint, ema=False if args.no_ema else None, device=args.device)
+    tokenizer = gato_tokenizer(model)
+    if args.env == "all":
+        mixture = (read_run_config(args.checkpoint).get("task") or {}).get("mixture") or {}
+        cards = [load_card(name) for name in mixture]
+        cards = [c for c in cards if c.generator == "control"]
+        if not cards:
+            raise ConfigError(f"the run at {args.checkpoint} trained on no control dataset; pass --env")
+    else:
+        if args.env not in ENVS:
+            raise ConfigError(f"unknown env {args.env!r}; known envs: {', '.join(ENVS)} (or all)")
+        cards = [load_card(dataset_name(args.env))]
+    results = {}
+    print(f"{'env':14s} {'episodes':>8s} {'mean return':>12s} {'std':>8s} {'score':>7s}  (random, expert)")
+    for card in cards:
+        out = evaluate_control(model, tokenizer, card, episodes=args.episodes)
+        refs = out["references"]
+        print(
+            f"{out['env_id']:14s} {out['episodes']:8d} {out['mean_return']:12.1f} {out['std_return']:8.1f} "
+            f"{out['normalised_score']:7.3f}  ({refs['random']:.1f}, {refs['expert']:.1f})"
+        )
+        results[out["env_id"]] = out
+    path = Path(args.out) if args.out else Path(args.checkpoint) / "eval" / "control.json"
+    write_result(path, {"checkpoint": str(args.checkpoint), "results": results})
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval.control", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="GATO run directory or checkpoints/step-* folder")
+    parser.add_argument("--env", default="all", help="an env id (CartPole-v1, Pendulum-v1) or all of the run's")
+    parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--no-ema", action="store_true", help="use the raw weights even if the run kept an EMA")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", help="JSON path (default: RUN/eval/control.json)")
+    return run_cli(run, parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

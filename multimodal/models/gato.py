@@ -1,0 +1,249 @@
+"""GATO (Reed et al. 2022): one decoder-only transformer over the sequences of :mod:`multimodal.tokenizers.gato`.
+
+Embedding (paper section 2.2 and appendix C):
+
+- text, discrete, continuous and separator ids through one learned table (discrete ids share it with the first
+  1,024 text ids, as in the paper);
+- each 16 x 16 image patch through a single pre-activation ResNet v2 block with GroupNorm (appendix C.2) to one
+  vector, plus learned within-image row and column position encodings;
+- a learned local observation position encoding added to every observation token (its index within the timestep's
+  observation); the separator and action tokens share one learned vector instead (figure 15).
+
+Where the paper is silent we choose: learned absolute positions over the context window are added as well
+(``pos_embed="learned"``; ``"none"`` relies on the causal mask alone), the output projection is tied to the token
+table, and within-image positions are learned per patch row and column (the paper quantises normalised patch
+intervals into 128 bins and samples within them during training; with one fixed patch grid this is the same
+lookup).
+
+The loss is next-token cross-entropy over the whole vocabulary, kept only where the target token is text or an
+action (the tokenizer's loss mask). Logits are computed only at those positions: the vocabulary is 50k wide.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import Config
+from ..nn import Transformer
+from ..tokenizers.gato import NUM_BINS, PATCH_SIZE, Modality
+from .registry import register_model
+
+__all__ = ["Gato", "GatoConfig", "PatchResNetBlock"]
+
+
+@dataclasses.dataclass(frozen=True)
+class GatoConfig(Config):
+    """Architecture of a :class:`Gato` model; the vocabulary layout must match its tokenizer's."""
+
+    text_vocab_size: int = 49408  # open_clip's BPE; the paper's SentencePiece has 32,000
+    num_bins: int = NUM_BINS
+    patch_size: int = PATCH_SIZE
+    in_chans: int = 3
+    patch_channels: int = 32  # width of the patch ResNet block
+    patch_groups: int = 8  # GroupNorm groups in that block
+    max_patch_grid: int = 16  # rows and columns of within-image positions (256 px at 16 px patches)
+    max_local_positions: int = 512  # tokens in one timestep's observation
+    context_length: int = 256
+    dim: int = 256
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    norm: Literal["layer", "rms"] = "layer"
+    pos_embed: Literal["learned", "none"] = "learned"
+    dropout: float = 0.0
+    drop_path_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.patch_channels % self.patch_groups:
+            raise ValueError(
+                f"patch_channels={self.patch_channels} must be divisible by patch_groups={self.patch_groups}"
+            )
+        if self.dim % self.heads:
+            raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads}")
+
+    @property
+    def vocab_size(self) -> int:
+        """Text (and discrete) ids, the continuous bins, then the separator."""
+        return self.text_vocab_size + self.num_bins + 1
+
+
+class PatchResNetBlock(nn.Module):
+    """An image patch (C, p, p) -> one vector: a 3x3 stem, one pre-activation ResNet v2 block with GroupNorm, then a
+    linear map of the flattened features."""
+
+    def __init__(self, in_chans: int, patch_size: int, dim: int, *, channels: int = 32, groups: int = 8) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(in_chans, channels, 3, padding=1)
+        self.norm1 = nn.GroupNorm(groups, channels)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(groups, channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm_out = nn.GroupNorm(groups, channels)
+        self.proj = nn.Linear(channels * patch_size * patch_size, dim)
+
+    def forward(self, patches: Tensor) -> Tensor:
+        """(N, C, p, p) -> (N, dim)."""
+        x = self.stem(patches)  # (N, channels, p, p)
+        x = x + self.conv2(F.gelu(self.norm2(self.conv1(F.gelu(self.norm1(x))))))
+        return self.proj(F.gelu(self.norm_out(x)).flatten(1))
+
+
+class Gato(nn.Module):
+    """A decoder-only transformer over GATO token sequences; batches are :func:`collate_tokens` dicts."""
+
+    def __init__(self, cfg: GatoConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.token_embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.patch_embed = PatchResNetBlock(
+            cfg.in_chans, cfg.patch_size, cfg.dim, channels=cfg.patch_channels, groups=cfg.patch_groups
+        )
+        self.patch_row = nn.Embedding(cfg.max_patch_grid, cfg.dim)
+        self.patch_col = nn.Embedding(cfg.max_patch_grid, cfg.dim)
+        self.local_embed = nn.Embedding(cfg.max_local_positions, cfg.dim)
+        self.action_position = nn.Parameter(torch.zeros(cfg.dim))
+        self.pos_embed = nn.Parameter(torch.zeros(cfg.context_length, cfg.dim)) if cfg.pos_embed == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.transformer = Transformer(
+            cfg.dim,
+            cfg.depth,
+            heads=cfg.heads,
+            mlp_ratio=cfg.mlp_ratio,
+            norm=cfg.norm,
+            drop_path_rate=cfg.drop_path_rate,
+            proj_drop=cfg.dropout,
+        )
+        self.norm = nn.LayerNorm(cfg.dim) if cfg.norm == "layer" else nn.RMSNorm(cfg.dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for table in (self.token_embed, self.patch_row, self.patch_col, self.local_embed):
+            nn.init.normal_(table.weight, std=0.02)
+        nn.init.normal_(self.action_position, std=0.02)
+        if self.pos_embed is not None:
+            nn.init.normal_(self.pos_embed, std=0.02)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.cfg.vocab_size
+
+    def embed(self, batch: dict[str, Tensor]) -> Tensor:
+        """Token, patch and position embeddings of a collated batch: (B, T, dim)."""
+        tokens, modality, local = batch["tokens"], batch["modality"], batch["local_position"]
+        B, T = tokens.shape
+        if self.cfg.context_length < T:
+            raise ValueError(f"{T} tokens exceed the model's context_length={self.cfg.context_length}")
+        is_image = modality == Modality.IMAGE
+        x = self.token_embed(torch.where(is_image, 0, tokens))  # (B, T, dim)
+        patches = batch.get("patches")
+        if is_image.any():
+            if patches is None:
+                raise ValueError("the batch has image tokens but no 'patches'")
+            P = patches.shape[1]
+            rows, cols = batch["patch_position"].unbind(-1)  # 2 x (B, P)
+            if rows.max() >= self.cfg.max_patch_grid or cols.max() >= self.cfg.max_patch_grid:
+                raise ValueError(
+                    f"an image has more than max_patch_grid={self.cfg.max_patch_grid} patch rows or columns"
+                )
+            vectors = self.patch_embed(patches.flatten(0, 1).to(x.dtype)).view(B, P, -1)  # (B, P, dim)
+            vectors = vectors + self.patch_row(rows) + self.patch_col(cols)
+            index = torch.where(is_image, tokens, 0).clamp(max=P - 1)
+            x = torch.where(is_image[..., None], vectors.gather(1, index[..., None].expand(-1, -1, x.shape[-1])), x)
+        if local.max() >= self.cfg.max_local_positions:
+            raise ValueError(f"an observation of more than max_local_positions={self.cfg.max_local_positions} tokens")
+        observed = (local >= 0)[..., None]
+        x = x + torch.where(observed, self.local_embed(local.clamp(min=0)), self.action_position)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed[:T]
+        return self.drop(x)
+
+    def forward(
+        self, batch: dict[str, Tensor], *, compute_loss: bool = False
+    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        """Final hidden states (B, T, dim), or with ``compute_loss`` the output of :meth:`loss` (so that a
+        distributed wrapper sees the loss computed inside its forward).
+
+        Right padding needs no mask: under the causal mask no real token attends to a later padding token.
+        """
+        hidden = self.norm(self.transformer(self.embed(batch), causal=True))
+        return self._loss(batch, hidden) if compute_loss else hidden
+
+    def logits(self, hidden: Tensor, token_range: tuple[int, int] | None = None) -> Tensor:
+        """Hidden states (..., dim) -> logits over the vocabulary, or over ids [lo, hi) of ``token_range``."""
+        weight = self.token_embed.weight
+        if token_range is not None:
+            lo, hi = token_range
+            if not 0 <= lo < hi <= self.vocab_size:
+                raise ValueError(f"token_range must be within [0, {self.vocab_size}), got [{lo}, {hi})")
+            weight = weight[lo:hi]
+        return hidden @ weight.to(hidden.dtype).T
+
+    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Next-token cross-entropy on text and action targets; logs the loss and accuracy of each."""
+        return self(batch, compute_loss=True)
+
+    def _loss(self, batch: dict[str, Tensor], hidden: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        hidden = hidden[:, :-1]  # (B, T-1, dim): position t predicts token t+1
+        target_mask = batch["loss_mask"][:, 1:]
+        if not target_mask.any():
+            raise ValueError("the batch has no text or action tokens to learn: every loss mask is False")
+        targets = batch["tokens"][:, 1:][target_mask]  # (K,)
+        logits = self.logits(hidden[target_mask]).float()  # (K, vocab)
+        per_token = F.cross_entropy(logits, targets, reduction="none")
+        correct = (logits.argmax(-1) == targets).float()
+        is_text = batch["modality"][:, 1:][target_mask] == Modality.TEXT
+        logs = {"loss": per_token.mean().detach()}
+        for name, keep in (("text", is_text), ("action", ~is_text)):
+            if keep.any():
+                logs[f"{name}_loss"] = per_token[keep].mean().detach()
+                logs[f"{name}_acc"] = correct[keep].mean()
+        return per_token.mean(), logs
+
+    @torch.no_grad()
+    def next_token(
+        self,
+        batch: dict[str, Tensor],
+        token_range: tuple[int, int],
+        *,
+        temperature: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """The next id after each sequence's last real token, restricted to ``token_range``: (B,).
+
+        ``temperature`` 0 takes the most likely id; above 0 samples from the tempered distribution.
+        """
+        hidden = self(batch)  # (B, T, dim)
+        last = batch["padding_mask"].long().sum(1) - 1  # (B,)
+        if (last < 0).any():
+            raise ValueError("a sequence in the batch is empty")
+        logits = self.logits(hidden[torch.arange(hidden.shape[0]), last], token_range).float()  # (B, hi - lo)
+        if temperature > 0:
+            choice = torch.multinomial((logits / temperature).softmax(-1), 1, generator=generator)[:, 0]
+        else:
+            choice = logits.argmax(-1)
+        return choice + token_range[0]
+
+
+def _gato(preset: GatoConfig, overrides: dict[str, Any]) -> Gato:
+    return Gato(preset.replace(**overrides))
+
+
+@register_model
+def gato_nano(**overrides: Any) -> Gato:
+    """A 4-layer, 192-wide GATO for the CPU recipe (control and shapes captions): 13.2M parameters, 9.7M of them
+    the 50k-entry token table."""
+    return _gato(GatoConfig(dim=192, depth=4, heads=4, context_length=256), overrides)
+
+
+@register_model
+def gato_small(**overrides: Any) -> Gato:
+    """The paper's smallest size for GPUs: 8 layers of width 768, 24 heads, context 1024 (79M parameters with the
+    paper's 33k vocabulary, 109M with the 50k BPE)."""
+    return _gato(
+        GatoConfig(dim=768, depth=8, heads=24, mlp_ratio=4.0, context_length=1024, patch_channels=64), overrides
+    )

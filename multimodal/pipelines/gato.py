@@ -1,0 +1,184 @@
+"""Using a trained GATO: act in an environment (prompted with a demonstration) and caption images.
+
+Sequence layout, shared by training (``training/tasks/gato.py``) and these rollouts so the model sees at evaluation
+what it saw in training: a control sequence of ``context_length`` tokens is either a window of whole timesteps of
+one episode, or a prompt of ``prompt_timesteps`` whole timesteps of another demonstration of the same task followed
+by such a window (GATO's prompt conditioning, section 3.3). The prompt takes half of the context.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data.control import EnvSpec, Episode, Policy
+from ..models.gato import Gato
+from ..tokenizers.gato import GatoTokenizer, GatoTokens, Modality, collate_tokens, image_to_patches
+
+__all__ = ["GatoAgent", "caption_images", "control_layout", "judge_caption", "named_pairs"]
+
+
+def control_layout(spec: EnvSpec, context_length: int) -> tuple[int, int]:
+    """(tokens per timestep, prompt timesteps) of ``spec`` in a context of ``context_length`` tokens."""
+    per_step = spec.observation_dim + 1 + spec.action_dim
+    prompt = (context_length // 2) // per_step
+    if prompt < 1 or context_length - prompt * per_step < per_step:
+        raise ValueError(
+            f"a context of {context_length} tokens cannot hold a prompt and a window of {spec.env_id} timesteps "
+            f"({per_step} tokens each); raise the model's context_length to at least {2 * per_step}"
+        )
+    return per_step, prompt
+
+
+class GatoAgent:
+    """A :data:`~multimodal.data.control.Policy` backed by a GATO model, for ``run_episodes``.
+
+    Each call reads, for every running env, the prompt (the last ``prompt_timesteps`` of ``demonstration``), then
+    as many of that env's latest timesteps as fit, then its current observation and the separator, and decodes the
+    action greedily from the ids valid for the env (discrete: [0, num_actions); continuous: the 1,024 bins). Call
+    :meth:`reset` before a new batch of episodes.
+    """
+
+    def __init__(
+        self, model: Gato, tokenizer: GatoTokenizer, spec: EnvSpec, demonstration: Episode | None = None
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.context_length = model.cfg.context_length
+        self.per_step, prompt_steps = control_layout(spec, self.context_length)
+        if demonstration is not None:
+            if demonstration.observations.shape[1] != spec.observation_dim:
+                raise ValueError(
+                    f"the demonstration is not a {spec.env_id} episode: its observations have "
+                    f"{demonstration.observations.shape[1]} values, not {spec.observation_dim}"
+                )
+            tail = slice(max(demonstration.length - prompt_steps, 0), None)
+            self.prompt = tokenizer.encode_arrays(demonstration.observations[tail], demonstration.actions[tail])
+        else:
+            self.prompt = None
+        self.token_range = tokenizer.action_range(spec.action_kind, spec.num_actions)
+        self.reset()
+
+    def reset(self) -> None:
+        self.observations: dict[int, list[np.ndarray]] = {}
+        self.actions: dict[int, list[np.ndarray]] = {}
+
+    def _sequence(self, env: int) -> GatoTokens:
+        prompt_len = len(self.prompt) if self.prompt is not None else 0
+        fit = (self.context_length - prompt_len) // self.per_step  # timesteps of this episode, the current one too
+        observations = np.stack(self.observations[env][-fit:])
+        actions = self.actions.get(env, [])[-(fit - 1) :] if fit > 1 else []
+        actions = np.stack(actions) if actions else np.zeros((0, self.spec.action_dim), self._action_dtype)
+        window = self.tokenizer.encode_arrays(observations, actions)
+        return GatoTokens.concat([self.prompt, window]) if self.prompt is not None else window
+
+    @property
+    def _action_dtype(self) -> type:
+        return np.int64 if self.spec.action_kind == "discrete" else np.float32
+
+    @torch.no_grad()
+    def __call__(self, observations: np.ndarray, alive: np.ndarray) -> np.ndarray:
+        device = next(self.model.parameters()).device
+        for env, observation in zip(alive.tolist(), observations, strict=True):
+            self.observations.setdefault(env, []).append(observation.astype(np.float32))
+        batch = collate_tokens([self._sequence(env) for env in alive.tolist()])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        ids = []
+        for _ in range(self.spec.action_dim):  # action values one token at a time, each fed back
+            token = self.model.next_token(batch, self.token_range)  # (N,)
+            ids.append(token)
+            batch = _append(
+                batch, token, Modality.CONTINUOUS if self.spec.action_kind == "continuous" else Modality.DISCRETE
+            )
+        ids = torch.stack(ids, dim=1).cpu()  # (N, action_dim)
+        if self.spec.action_kind == "discrete":
+            actions = ids.numpy().astype(np.int64)
+        else:
+            actions = self.tokenizer.decode_continuous(ids).numpy().astype(np.float32)
+        for env, action in zip(alive.tolist(), actions, strict=True):
+            self.actions.setdefault(env, []).append(action)
+        return actions
+
+    def policy(self) -> Policy:
+        """This agent, reset, as a policy for :func:`~multimodal.data.control.run_episodes`."""
+        self.reset()
+        return self
+
+
+def _append(batch: dict[str, Tensor], token: Tensor, modality: Modality) -> dict[str, Tensor]:
+    """Append one token (B,) to equal-length sequences; it is not an observation token (local position -1)."""
+    if not batch["padding_mask"].all():
+        raise ValueError("appending needs sequences of equal length (no padding)")
+    column = {
+        "tokens": token,
+        "modality": torch.full_like(token, int(modality)),
+        "local_position": torch.full_like(token, -1),
+        "loss_mask": torch.ones_like(token, dtype=torch.bool),
+        "timestep": batch["timestep"][:, -1],
+        "padding_mask": torch.ones_like(token, dtype=torch.bool),
+    }
+    out = dict(batch)
+    for name, value in column.items():
+        out[name] = torch.cat([batch[name], value[:, None]], dim=1)
+    return out
+
+
+@torch.no_grad()
+def caption_images(model: Gato, tokenizer: GatoTokenizer, images: Tensor, *, max_new_tokens: int = 16) -> list[str]:
+    """Greedy captions of images (N, C, H, W) in [0, 1]: the patches, then text tokens until end-of-text."""
+    device = next(model.parameters()).device
+    sequences = []
+    for image in images:
+        patches, grid = image_to_patches(image.clamp(0, 1).cpu(), patch_size=tokenizer.patch_size)
+        n = patches.shape[0]
+        sequences.append(
+            GatoTokens(
+                tokens=torch.arange(n),
+                modality=torch.full((n,), int(Modality.IMAGE)),
+                local_position=torch.arange(n),
+                loss_mask=torch.zeros(n, dtype=torch.bool),
+                timestep=torch.zeros(n, dtype=torch.long),
+                patches=patches,
+                patch_position=grid,
+            )
+        )
+    batch = {k: v.to(device) for k, v in collate_tokens(sequences).items()}
+    text_range = (0, tokenizer.text_vocab_size)
+    generated = []
+    done = torch.zeros(len(sequences), dtype=torch.bool, device=device)
+    for _ in range(max_new_tokens):
+        token = model.next_token(batch, text_range)  # (N,)
+        generated.append(token)
+        done |= token == tokenizer.eot_token_id
+        if done.all() or batch["tokens"].shape[1] >= model.cfg.context_length:
+            break
+        batch = _append(batch, token, Modality.TEXT)
+        batch["local_position"][:, -1] = batch["local_position"][:, -2] + 1  # text is part of the observation
+    ids = torch.stack(generated, dim=1).cpu()  # (N, steps)
+    return [tokenizer.decode_text(row) for row in ids]
+
+
+def named_pairs(caption: str, colours: Sequence[str], shapes: Sequence[str]) -> set[tuple[str, str]]:
+    """The (colour, shape) pairs a caption names: each colour word with the first shape word after it."""
+    words = re.findall(r"[a-z]+", caption.lower())
+    pairs = set()
+    for i, word in enumerate(words):
+        if word in colours:
+            shape = next((w for w in words[i + 1 :] if w in shapes), None)
+            if shape is not None:
+                pairs.add((word, shape))
+    return pairs
+
+
+def judge_caption(
+    caption: str, objects: Sequence[tuple[str, str]], colours: Sequence[str], shapes: Sequence[str]
+) -> bool:
+    """True when the caption names the main object's (colour, shape) (``objects[0]``) and no pair absent from the
+    image: the colour and shape in the caption match the image."""
+    pairs = named_pairs(caption, colours, shapes)
+    return tuple(objects[0]) in pairs and pairs <= {tuple(o) for o in objects}

@@ -1,0 +1,153 @@
+"""The GATO task: batch shares, the prompt-and-window layout, resumable batches, and a run that trains and
+evaluates end to end (configs/gato/mixed.yaml in miniature)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from eval import caption as eval_caption
+from eval import control as eval_control
+from multimodal.data.control import generate_control
+from multimodal.tokenizers.gato import Modality
+from tests.conftest import REPO
+from training.config import TrainConfig
+from training.tasks.gato import GatoTask, split_batch
+from training.train import train
+
+
+def test_split_batch_shares_by_largest_remainder() -> None:
+    assert split_batch({"shapes": 0.4, "cartpole": 0.2, "pendulum": 0.4}, 32) == {
+        "shapes": 13, "cartpole": 6, "pendulum": 13,
+    }  # fmt: skip
+    assert split_batch({"a": 1, "b": 1000}, 4) == {"a": 1, "b": 3}  # every dataset keeps a sequence
+    with pytest.raises(ValueError, match="empty"):
+        split_batch({}, 8)
+    with pytest.raises(ValueError, match="> 0"):
+        split_batch({"a": 0.0}, 8)
+    with pytest.raises(ValueError, match="cannot hold"):
+        split_batch({"a": 1, "b": 1, "c": 1}, 2)
+
+
+@pytest.fixture(scope="module")
+def control_cards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Small CartPole and Pendulum demonstration sets (12 train, 3 test episodes) with their cards."""
+    root = tmp_path_factory.mktemp("control")
+    cards = {}
+    for env_id, name in (("CartPole-v1", "tiny-cartpole"), ("Pendulum-v1", "tiny-pendulum")):
+        args = {"env_id": env_id, "episodes": 12, "test_episodes": 3, "reference_episodes": 10}
+        manifest = generate_control(root / name, **args)
+        card = {
+            "name": name,
+            "generator": "control",
+            "generator_args": args,
+            "root": str(root / name),
+            "splits": {
+                s: {"shards": i["shards"], "num_samples": i["num_samples"]} for s, i in manifest["splits"].items()
+            },
+        }
+        cards[name] = root / f"{name}.yaml"
+        cards[name].write_text(yaml.safe_dump(card))
+    return cards
+
+
+def recipe(tiny_shapes: Path, control_cards: dict[str, Path], out_dir: Path, **train_overrides) -> dict:
+    return {
+        "run": {"name": "tiny-gato", "out_dir": str(out_dir), "seed": 0},
+        "task": {
+            "name": "gato",
+            "mixture": {str(tiny_shapes): 0.5, **{str(p): 0.25 for p in control_cards.values()}},
+            "prompt_prob": 0.5,
+            "eval_episodes": 2,
+            "eval_samples": 16,
+        },
+        "model": {
+            "name": "gato_nano",
+            "args": {"dim": 32, "depth": 2, "heads": 2, "context_length": 48, "patch_channels": 8, "patch_groups": 4},
+        },
+        "data": {
+            "dataset": str(tiny_shapes),
+            "image_size": 32,
+            "batch_size": 8,
+            "num_workers": 0,
+            "shuffle_buffer": 32,
+            "caption_sampling": "random",
+        },
+        "optim": {"lr": 3e-3, "warmup_steps": 2, "schedule": "cosine"},
+        "train": {"steps": 6, "log_every": 2, "eval_every": 0, "checkpoint_every": 3, **train_overrides},
+    }
+
+
+def test_control_sequences_are_a_prompt_from_another_episode_then_a_window(
+    tiny_shapes: Path, control_cards: dict[str, Path], tmp_path: Path
+) -> None:
+    cfg = TrainConfig.from_dict(recipe(tiny_shapes, control_cards, tmp_path / "run"))
+    task = GatoTask(cfg.replace(task={"prompt_prob": 1.0}))
+    task.build_model()
+    per_step = 6  # CartPole: 4 observation values, '|', 1 action; context 48 -> a 4-step prompt and 4 steps
+    episodes = task.episode_tokens("tiny-cartpole")
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        seq = task.control_sequence("tiny-cartpole", rng)
+        assert len(seq) == 48
+        # Whole timesteps: every timestep starts with local position 0 and ends with its action.
+        assert seq.local_position.view(-1, per_step)[:, 0].tolist() == [0] * 8
+        assert (seq.modality.view(-1, per_step)[:, -1] == Modality.DISCRETE).all()
+        prompt, window = seq.tokens[:24], seq.tokens[24:]
+        source = [i for i, e in enumerate(episodes) if _contains(e.tokens, window)]
+        assert source and not any(_contains(episodes[i].tokens, prompt) for i in source)
+    without = GatoTask(cfg.replace(task={"prompt_prob": 0.0}))
+    without.build_model()
+    seq = without.control_sequence("tiny-cartpole", rng)
+    assert len(seq) == 48 and any(_contains(e.tokens, seq.tokens) for e in episodes)
+
+
+def _contains(haystack: torch.Tensor, needle: torch.Tensor) -> bool:
+    return any(torch.equal(w, needle) for w in haystack.unfold(0, len(needle), 6))
+
+
+def test_batches_hold_every_dataset_and_replay_on_resume(
+    tiny_shapes: Path, control_cards: dict[str, Path], tmp_path: Path
+) -> None:
+    cfg = TrainConfig.from_dict(recipe(tiny_shapes, control_cards, tmp_path / "run"))
+    task = GatoTask(cfg)
+    task.build_model()
+    stream = iter(task.train_batches(0))
+    batches = [next(stream) for _ in range(3)]
+    assert set(batches[0]["parts"]) == {"tiny-shapes", "tiny-cartpole", "tiny-pendulum"}
+    assert batches[0]["size"] == 8 and [p["tokens"].shape[0] for p in batches[0]["parts"].values()] == [4, 2, 2]
+    resumed = next(iter(task.train_batches(2)))
+    for name, part in batches[2]["parts"].items():
+        for key, value in part.items():
+            assert torch.equal(resumed["parts"][name][key], value), (name, key)
+
+
+def test_a_tiny_run_trains_and_evaluates(
+    tiny_shapes: Path, control_cards: dict[str, Path], tmp_path: Path, offline: None
+) -> None:
+    out = tmp_path / "run"
+    result = train(TrainConfig.from_dict(recipe(tiny_shapes, control_cards, out, steps=6, eval_every=6)))
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [h["train/loss"] for h in history if "train/loss" in h]
+    assert losses[-1] < losses[0]
+    assert {"train/tiny-shapes_loss", "train/tiny-cartpole_acc", "train/tiny-pendulum_loss"} <= set(history[0])
+    assert 0 < result["eval/tiny-cartpole_return"] <= 500 and 0.0 <= result["eval/tiny-shapes_caption_acc"] <= 1.0
+    assert np.isfinite(result["eval/tiny-pendulum_score"])
+
+    # The command-line evaluations read the run back.
+    assert eval_control.main(["--checkpoint", str(out), "--episodes", "2"]) == 0
+    control = json.loads((out / "eval" / "control.json").read_text())["results"]
+    assert set(control) == {"CartPole-v1", "Pendulum-v1"} and len(control["CartPole-v1"]["returns"]) == 2
+    assert eval_caption.main(["--checkpoint", str(out), "--samples", "8"]) == 0
+    captions = json.loads((out / "eval" / "caption_tiny-shapes.json").read_text())["results"]["test"]
+    assert captions["n"] == 8 and 0.0 <= captions["accuracy"] <= 1.0
+
+
+def test_the_recipe_loads() -> None:
+    cfg = TrainConfig.load(REPO / "configs" / "gato" / "mixed.yaml")
+    assert cfg.task.name == "gato" and set(cfg.task.mixture) == {"shapes", "cartpole", "pendulum"}
