@@ -92,7 +92,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Frechet distance between Gaussians fitted to feature sets a (N, D) and b (M, D)."""
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    covmean = linalg.sqrtm(cov_a @ cov_b)
     if not np.isfinite(covmean).all():  # near-singular: regularise, as the FID reference code does
         eps = np.eye(a.shape[1]) * 1e-6
         covmean = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))

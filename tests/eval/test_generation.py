@@ -32,4 +32,5 @@ def test_plot_curve_writes_a_png(tmp_path):
     plot_curve(points, tmp_path / "curve.png")
     img = Image.open(tmp_path / "curve.png")
     assert img.size == (640, 400)
-    assert len(set(img.getdata())) > 3  # axes, two coloured lines
+    colours = np.unique(np.asarray(img.convert("RGB")).reshape(-1, 3), axis=0)
+    assert len(colours) > 3  # background, axes, two coloured lines
