@@ -80,13 +80,10 @@ def evaluate_captioning(
         captions = caption_images(model, tokenizer, batch["image"][:keep])
         for caption, objects, key in zip(captions, batch["objects"][:keep], batch["key"][:keep], strict=True):
             ok = judge_caption(caption, objects, colours, shapes)
-            said = (
-                {c for c, _ in named_pairs(caption, colours, shapes)},
-                {s for _, s in named_pairs(caption, colours, shapes)},
-            )
+            pairs = named_pairs(caption, colours, shapes)  # parsed once for the colour and shape shares
             right += ok
-            colour_right += objects[0][0] in said[0]
-            shape_right += objects[0][1] in said[1]
+            colour_right += objects[0][0] in {c for c, _ in pairs}
+            shape_right += objects[0][1] in {s for _, s in pairs}
             if len(examples) < 8:
                 examples.append({"key": key, "caption": caption, "objects": [list(o) for o in objects], "right": ok})
         n += keep

@@ -36,16 +36,7 @@ __all__ = ["evaluate_control", "gato_tokenizer", "main"]
 def gato_tokenizer(model: nn.Module) -> GatoTokenizer:
     """The tokenizer whose vocabulary layout the model was built for."""
     tokenizer = GatoTokenizer()
-    cfg = model.cfg
-    if (cfg.text_vocab_size, cfg.num_bins, cfg.patch_size) != (
-        tokenizer.text_vocab_size,
-        tokenizer.num_bins,
-        tokenizer.patch_size,
-    ):
-        raise ConfigError(
-            f"the model's vocabulary layout (text {cfg.text_vocab_size}, bins {cfg.num_bins}) is not the default "
-            f"GATO tokenizer's ({tokenizer.text_vocab_size}, {tokenizer.num_bins})"
-        )
+    tokenizer.check_model(model.cfg)
     return tokenizer
 
 

@@ -297,6 +297,15 @@ class GatoTokenizer:
     def eot_token_id(self) -> int:
         return self.text.eot_token_id
 
+    def check_model(self, cfg: Any) -> None:
+        """Raise if a model config's vocabulary layout (text ids, bins, patch size) is not this tokenizer's."""
+        theirs = (cfg.text_vocab_size, cfg.num_bins, cfg.patch_size)
+        if theirs != (self.text_vocab_size, self.num_bins, self.patch_size):
+            raise ValueError(
+                f"the model's vocabulary layout (text {theirs[0]}, bins {theirs[1]}, patch {theirs[2]}) does not "
+                f"match the tokenizer's ({self.text_vocab_size}, {self.num_bins}, {self.patch_size})"
+            )
+
     def action_range(self, kind: str, num_actions: int | None = None) -> tuple[int, int]:
         """The ids [lo, hi) an action of ``kind`` ("discrete" with ``num_actions``, or "continuous") may take."""
         if kind == "discrete":

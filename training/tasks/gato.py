@@ -98,13 +98,8 @@ class GatoTask(Task):
 
     def build_model(self) -> nn.Module:
         model = super().build_model()
-        cfg, tok = model.cfg, self.tokenizer
-        if (cfg.text_vocab_size, cfg.num_bins, cfg.patch_size) != (tok.text_vocab_size, tok.num_bins, tok.patch_size):
-            raise ValueError(
-                f"the model's vocabulary layout (text {cfg.text_vocab_size}, bins {cfg.num_bins}, patch "
-                f"{cfg.patch_size}) does not match the tokenizer's ({tok.text_vocab_size}, {tok.num_bins}, "
-                f"{tok.patch_size})"
-            )
+        cfg = model.cfg
+        self.tokenizer.check_model(cfg)
         for name in self.counts:
             if self.is_control(name):
                 control_layout(self.env(name), cfg.context_length)  # raises if the context is too short
