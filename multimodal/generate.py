@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decoder-guidance", type=float, default=3.0)
     parser.add_argument("--sampler", choices=SAMPLERS, default="dpmsolver++")
     parser.add_argument("--no-upsample", action="store_true", help="stop at the decoder's resolution")
+    parser.add_argument("--cell", type=int, help="show each image at this many pixels in the grid (nearest-neighbour)")
     parser.add_argument("--save", help="also save the assembled pipeline here (save_pretrained)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.n < 1 or args.steps < 1:
             raise ValueError("--n and --steps must be >= 1")
+        if args.cell is not None and args.cell < 1:
+            raise ValueError(f"--cell must be >= 1 pixels, got {args.cell}")
         if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
             raise ValueError(f"--out must end in .png, .jpg or .jpeg, got {str(out)!r}")
         pipe = load_pipeline(args.checkpoint, sampler=args.sampler).to(args.device)
@@ -91,8 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    size = images[0].size[0]
+    if args.cell is not None:
+        images = [im.resize((args.cell, args.cell), Image.Resampling.NEAREST) for im in images]
     save_atomic(make_grid(images, columns=args.n), out)
-    print(f"wrote {out}: {len(args.prompts)} prompt(s) x {args.n} images of {images[0].size[0]} px")
+    shown = f", shown at {args.cell} px" if args.cell is not None else ""
+    print(f"wrote {out}: {len(args.prompts)} prompt(s) x {args.n} images of {size} px{shown}")
     if args.save:
         pipe.save_pretrained(args.save)
         print(f"saved the pipeline to {args.save}")

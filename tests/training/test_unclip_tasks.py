@@ -136,6 +136,10 @@ def test_generate_cli_from_runs_and_from_a_saved_pipeline(stack, tmp_path):
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
     bad = generate(tmp_path / "nowhere", tmp_path / "c.png")
     assert bad.returncode == 2 and "does not exist" in bad.stderr and not (tmp_path / "c.png").exists()
+    small = generate(tmp_path / "pipe", tmp_path / "d.png", "--no-upsample", "--cell", "40")
+    assert small.returncode == 0, small.stderr[-2000:]
+    assert "images of 16 px, shown at 40 px" in small.stdout
+    assert Image.open(tmp_path / "d.png").size == (2 * (40 + 2) + 2, 2 * (40 + 2) + 2)  # 2 x 2 cells, 2 px padding
 
 
 def test_eval_generation_reports_every_metric(stack, tiny_shapes, tmp_path):
