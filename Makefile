@@ -17,23 +17,22 @@ setup: $(STAMP)
 # The whole suite on the shapes data in short schedules, under 20 minutes on 2 CPU cores: a CLIP (1,000 of
 # configs/clip/shapes.yaml's 3,800 steps), zero-shot evaluated; then unCLIP on that CLIP: a prior and a decoder
 # (short runs of configs/unclip/shapes-{prior,decoder}.yaml; the upsampler is left out, as a 300-step one does not yet
-# beat bicubic), a judge classifier (configs/vit/shapes.yaml, shortened), a grid of the decoder's 16 px images for
+# beat bicubic), a judge classifier (configs/vit/shapes.yaml), a grid of the decoder's 16 px images for
 # six prompts (shown at 64 px), and the prompt accuracy the judge gives the generated images.
 DEMO_STEPS ?= 1000
 DEMO_PRIOR_STEPS ?= 100
 DEMO_DECODER_STEPS ?= 500
-DEMO_JUDGE_STEPS ?= 500
 DEMO_PROMPTS := "a red circle" "a green square" "a blue triangle" "a yellow star" "a purple diamond" "an orange cross"
 demo: setup
 	$(PY) -m training.train configs/clip/shapes.yaml run.name=clip-shapes-demo train.steps=$(DEMO_STEPS) \
 		train.eval_every=0 run.overwrite=true
 	$(PY) -m eval.zeroshot --checkpoint runs/clip-shapes-demo --dataset shapes
 	$(PY) -m training.train configs/unclip/shapes-prior.yaml task.clip=runs/clip-shapes-demo \
-		run.out_dir=runs/unclip-demo/prior train.steps=$(DEMO_PRIOR_STEPS) task.eval_samples=100 run.overwrite=true
+		run.out_dir=runs/unclip-demo/prior train.steps=$(DEMO_PRIOR_STEPS) optim.warmup_steps=20 \
+		task.eval_samples=100 run.overwrite=true
 	$(PY) -m training.train configs/unclip/shapes-decoder.yaml task.clip=runs/clip-shapes-demo \
 		run.out_dir=runs/unclip-demo/decoder train.steps=$(DEMO_DECODER_STEPS) train.eval_every=0 run.overwrite=true
-	$(PY) -m training.train configs/vit/shapes.yaml run.name=judge-shapes-demo train.steps=$(DEMO_JUDGE_STEPS) \
-		train.eval_every=0 run.overwrite=true
+	$(PY) -m training.train configs/vit/shapes.yaml run.name=judge-shapes-demo train.eval_every=0 run.overwrite=true
 	$(PY) -m multimodal.generate --checkpoint runs/unclip-demo $(DEMO_PROMPTS) --n 6 --no-upsample --cell 64 \
 		--out runs/unclip-demo/grid.png
 	$(PY) -m eval.generation --checkpoint runs/unclip-demo --judge runs/judge-shapes-demo --n 2 --no-ablation
