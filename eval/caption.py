@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from .control import gato_tokenizer
 
     model = load_checkpoint(args.checkpoint, ema=False if args.no_ema else None, device=args.device)
-    tokenizer = gato_tokenizer(model)
+    tokenizer = gato_tokenizer(args.checkpoint, model)
     cfg = read_run_config(args.checkpoint)
     data = cfg.get("data") or {}
     mixture = (cfg.get("task") or {}).get("mixture") or {}

@@ -19,23 +19,25 @@ import numpy as np
 from torch import nn
 
 from multimodal import load_checkpoint
-from multimodal.checkpoint import read_run_config
+from multimodal.checkpoint import read_run_config, run_dir
 from multimodal.config import ConfigError
 from multimodal.data import ensure_dataset, load_card
 from multimodal.data.cards import DatasetCard
 from multimodal.data.control import ENVS, EVAL_SEED_START, dataset_name, env_spec, normalised_score, read_episodes
 from multimodal.data.shards import read_manifest
 from multimodal.pipelines.gato import GatoAgent
-from multimodal.tokenizers.gato import GatoTokenizer
+from multimodal.tokenizers.gato import TOKENIZER_FILE, GatoTokenizer
 
 from .common import run_cli, write_result
 
 __all__ = ["evaluate_control", "gato_tokenizer", "main"]
 
 
-def gato_tokenizer(model: nn.Module) -> GatoTokenizer:
-    """The tokenizer whose vocabulary layout the model was built for."""
-    tokenizer = GatoTokenizer()
+def gato_tokenizer(checkpoint: str | Path, model: nn.Module) -> GatoTokenizer:
+    """The tokenizer the run trained with (its ``gato_tokenizer.json``; open_clip's whole BPE for a run that saved
+    none), checked against the model's vocabulary layout."""
+    path = run_dir(Path(checkpoint)) / TOKENIZER_FILE
+    tokenizer = GatoTokenizer.load(path) if path.is_file() else GatoTokenizer()
     tokenizer.check_model(model.cfg)
     return tokenizer
 
@@ -78,7 +80,7 @@ def evaluate_control(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     model = load_checkpoint(args.checkpoint, ema=False if args.no_ema else None, device=args.device)
-    tokenizer = gato_tokenizer(model)
+    tokenizer = gato_tokenizer(args.checkpoint, model)
     if args.env == "all":
         mixture = (read_run_config(args.checkpoint).get("task") or {}).get("mixture") or {}
         cards = [load_card(name) for name in mixture]

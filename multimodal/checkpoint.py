@@ -13,10 +13,10 @@ from torch import nn
 from .config import ConfigError
 from .models.registry import create_model
 
-__all__ = ["load_checkpoint", "read_run_config", "run_weights"]
+__all__ = ["load_checkpoint", "read_run_config", "run_dir", "run_weights"]
 
 
-def _run_dir(path: Path) -> Path:
+def run_dir(path: Path) -> Path:
     """The run directory holding ``config.yaml``: ``path`` itself or the run above a checkpoint folder."""
     for candidate in (path, path.parent.parent):
         if (candidate / "config.yaml").is_file():
@@ -32,14 +32,14 @@ def read_run_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"checkpoint {str(path)!r} does not exist")
-    return yaml.safe_load((_run_dir(path) / "config.yaml").read_text())
+    return yaml.safe_load((run_dir(path) / "config.yaml").read_text())
 
 
 def run_weights(path: str | Path, *, ema: bool | None = None) -> Path:
     """The weights file ``load_checkpoint`` reads: ``model_ema.safetensors`` when ``ema`` (or ``ema=None`` and the run
     kept EMA weights), else ``model.safetensors``, of a run directory or a ``checkpoints/step-*`` folder."""
     path = Path(path)
-    folder = path if (path / "model.safetensors").is_file() else _run_dir(path)
+    folder = path if (path / "model.safetensors").is_file() else run_dir(path)
     weights = folder / "model.safetensors"
     ema_weights = folder / "model_ema.safetensors"
     if ema or (ema is None and ema_weights.is_file()):
@@ -60,7 +60,7 @@ def load_checkpoint(path: str | Path, *, ema: bool | None = None, device: str | 
     cfg = read_run_config(path)
     model_cfg = cfg.get("model") or {}
     if "name" not in model_cfg:
-        raise ConfigError(f"{_run_dir(path) / 'config.yaml'} names no model (model.name)")
+        raise ConfigError(f"{run_dir(path) / 'config.yaml'} names no model (model.name)")
     weights = run_weights(path, ema=ema)
     model = create_model(model_cfg["name"], **(model_cfg.get("args") or {}))
     state = load_file(str(weights), device=str(device))

@@ -148,7 +148,7 @@ def caption_images(model: Gato, tokenizer: GatoTokenizer, images: Tensor, *, max
             )
         )
     batch = {k: v.to(device) for k, v in collate_tokens(sequences).items()}
-    text_range = (0, tokenizer.text_vocab_size)
+    text_range = (0, tokenizer.text.vocab_size)  # the text tokenizer's ids, not the padding up to V
     generated = []
     done = torch.zeros(len(sequences), dtype=torch.bool, device=device)
     for _ in range(max_new_tokens):

@@ -1,5 +1,6 @@
-"""Tokenizers: CLIP's BPE text tokenizer (open_clip's, with the vocabulary shipped inside its wheel)."""
+"""Tokenizers: CLIP's BPE text tokenizer (open_clip's, with the vocabulary shipped inside its wheel) and its
+corpus-sized subset."""
 
-from .text import ClipTokenizer
+from .text import ClipTokenizer, SubsetTokenizer
 
-__all__ = ["ClipTokenizer"]
+__all__ = ["ClipTokenizer", "SubsetTokenizer"]

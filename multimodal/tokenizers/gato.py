@@ -27,6 +27,10 @@ Where the paper is silent, we choose (and say so here):
   :class:`Discrete` and :class:`Continuous` force a kind.
 - The local position of a token is its index within its timestep's observation; the separator and action tokens get
   ``-1`` (the model gives them one shared learned vector, as the paper's figure 15 gives all action tokens one).
+- V may exceed the text tokenizer's vocabulary: a corpus-sized :class:`~multimodal.tokenizers.SubsetTokenizer`
+  of a few hundred ids still needs V >= 1,024 for the discrete range, and the ids between stay unused.
+- A tokenizer saves to JSON (:meth:`GatoTokenizer.save`, ``gato_tokenizer.json`` in a training run), so that a
+  run's evaluation reads its text with the ids it was trained on.
 
 The loss mask is 1 exactly on text tokens and action tokens: the model learns to predict what it will be asked to
 produce (captions, actions), not the observations.
@@ -34,10 +38,13 @@ produce (captions, actions), not the observations.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import IntEnum
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -45,6 +52,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "TOKENIZER_FILE",
     "Continuous",
     "Discrete",
     "GatoTokenizer",
@@ -65,6 +73,7 @@ M = 256.0
 NUM_BINS = 1024
 NUM_DISCRETE = 1024
 PATCH_SIZE = 16
+TOKENIZER_FILE = "gato_tokenizer.json"  # where a training run saves its tokenizer
 
 
 class Modality(IntEnum):
@@ -517,6 +526,53 @@ class GatoTokenizer:
     def encode_caption(self, image: Any, caption: str) -> GatoTokens:
         """A vision-language sample: the image's patches then the caption's text (the loss is on the text)."""
         return self.encode_observation({"image": Image(image), "text": caption})
+
+    # --- saving ---------------------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything that rebuilds this tokenizer, as JSON-ready values (open_clip BPE text tokenizers only)."""
+        from .text import ClipTokenizer, SubsetTokenizer
+
+        if isinstance(self.text, SubsetTokenizer):
+            text: dict[str, Any] = {"kind": "bpe_subset", "tokens": list(self.text.tokens)}
+        elif isinstance(self.text, ClipTokenizer):
+            text = {"kind": "bpe"}
+        else:
+            raise ValueError(
+                f"cannot save a GatoTokenizer over a {type(self.text).__name__}: only open_clip's BPE and its "
+                "subsets (SubsetTokenizer) can be rebuilt from a file"
+            )
+        layout = {"text_vocab_size": self.text_vocab_size, "num_bins": self.num_bins, "mu": self.mu, "m": self.m}
+        return {"text": text, **layout, "patch_size": self.patch_size}
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> GatoTokenizer:
+        from .text import ClipTokenizer, SubsetTokenizer
+
+        try:
+            text, kind = state["text"], state["text"]["kind"]
+            layout = {k: state[k] for k in ("text_vocab_size", "num_bins", "mu", "m", "patch_size")}
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"not a saved GatoTokenizer: it lacks {e}") from None
+        if kind == "bpe":
+            return cls(ClipTokenizer(), **layout)
+        if kind == "bpe_subset":
+            return cls(SubsetTokenizer(text["tokens"]), **layout)
+        raise ValueError(f"unknown text tokenizer kind {kind!r} (known: bpe, bpe_subset)")
+
+    def save(self, path: str | Path) -> None:
+        """Write :meth:`to_dict` as JSON, through a temporary file and a rename (never half-written)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> GatoTokenizer:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (ValueError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: {e}") from None
 
     def __repr__(self) -> str:
         return (

@@ -3,16 +3,21 @@
 The vocabulary (``bpe_simple_vocab_16e6.txt.gz``) ships inside the open_clip wheel, so nothing is downloaded. Each
 text becomes ``[sot, tokens..., eot, 0, 0, ...]`` of a fixed context length; a text too long is cut and its last
 kept position set to ``eot``, exactly as ``open_clip.tokenize``.
+
+:class:`SubsetTokenizer` is the same byte-pair encoding restricted to the tokens a corpus uses, renumbered from 0: a
+model over a closed corpus (templated captions) then needs a token table and an output projection of a few hundred
+rows instead of 49,408.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from torch import Tensor
 
-__all__ = ["ClipTokenizer"]
+__all__ = ["ClipTokenizer", "SubsetTokenizer"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -72,3 +77,69 @@ class ClipTokenizer:
 
     def __repr__(self) -> str:
         return f"ClipTokenizer(context_length={self.context_length})"
+
+
+class SubsetTokenizer:
+    """Open_clip's BPE over only ``tokens`` (BPE token strings such as ``"red</w>"``), renumbered 0..n-1 in order.
+
+    A text encodes exactly as with the whole BPE, then each id maps to its place in ``tokens``; a text with a token
+    outside the subset is an error (no silent unknown token). End-of-text must be one of the tokens. Build one from
+    a corpus with :meth:`from_texts`; ``tokens`` is all it takes to rebuild it (e.g. from a run's saved tokenizer).
+    """
+
+    def __init__(self, tokens: Sequence[str]) -> None:
+        bpe = _bpe()
+        tokens = tuple(tokens)
+        unknown = [t for t in tokens if t not in bpe.encoder]
+        if unknown:
+            raise ValueError(f"{len(unknown)} tokens are not in open_clip's BPE vocabulary, e.g. {unknown[0]!r}")
+        if len(set(tokens)) != len(tokens):
+            raise ValueError("the subset names a token twice")
+        eot = bpe.decoder[bpe.eot_token_id]
+        if eot not in tokens:
+            raise ValueError(f"the subset must hold the end-of-text token {eot!r}")
+        self.tokens = tokens
+        self._to_bpe = [bpe.encoder[t] for t in tokens]
+        self._from_bpe = {bpe_id: i for i, bpe_id in enumerate(self._to_bpe)}
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str]) -> SubsetTokenizer:
+        """The subset of every BPE token in ``texts``, plus end-of-text, in BPE id order (so the same corpus in
+        any order gives the same ids)."""
+        bpe = _bpe()
+        ids = {bpe.eot_token_id}
+        for text in texts:
+            ids.update(bpe.encode(text))
+        return cls([bpe.decoder[i] for i in sorted(ids)])
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def eot_token_id(self) -> int:
+        return self._from_bpe[_bpe().eot_token_id]
+
+    def encode(self, text: str) -> list[int]:
+        """The subset ids of ``text``, without start or end; raises on a token outside the subset."""
+        ids = []
+        for bpe_id in _bpe().encode(text):
+            if bpe_id not in self._from_bpe:
+                raise ValueError(
+                    f"{text!r} holds the token {_bpe().decoder[bpe_id]!r}, which is not in this tokenizer's "
+                    f"{self.vocab_size}-token subset (built from the training texts); train with a corpus that has it"
+                )
+            ids.append(self._from_bpe[bpe_id])
+        return ids
+
+    def decode(self, ids: Tensor | list[int]) -> str:
+        """Subset ids back to cleaned text, dropping end-of-text."""
+        ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"id {bad[0]} is outside this tokenizer's [0, {self.vocab_size}) subset")
+        eot = self.eot_token_id
+        return _bpe().decode([self._to_bpe[i] for i in ids if i != eot]).strip()
+
+    def __repr__(self) -> str:
+        return f"SubsetTokenizer({self.vocab_size} of open_clip's BPE tokens)"

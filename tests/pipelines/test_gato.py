@@ -122,7 +122,7 @@ def test_captioning_stops_at_end_of_text() -> None:
     words = iter([1, 3, 6])  # "red circle" then end-of-text
 
     def answer(batch, token_range):
-        assert token_range == (0, 1024)
+        assert token_range == (0, 7)  # the text tokenizer's 7 ids, not the unused ones up to V = 1024
         return torch.full((batch["tokens"].shape[0],), next(words))
 
     model = Recorder(64, answer)

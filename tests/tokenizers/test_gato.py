@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from multimodal.tokenizers import ClipTokenizer
+from multimodal.tokenizers import ClipTokenizer, SubsetTokenizer
 from multimodal.tokenizers.gato import (
     Continuous,
     Discrete,
@@ -189,6 +189,28 @@ def test_text_round_trips_through_the_clip_bpe_and_sits_below_the_continuous_ran
     assert tok.action_range("continuous") == (49408, 50432) and tok.action_range("discrete", 2) == (0, 2)
     with pytest.raises(ValueError, match="smaller than the text tokenizer"):
         GatoTokenizer(text_vocab_size=32000)
+
+
+def test_a_subset_text_vocabulary_saves_and_loads_with_the_same_ids(tmp_path) -> None:
+    text = SubsetTokenizer.from_texts(["a red circle", "a blue square"])
+    tok = GatoTokenizer(text, text_vocab_size=1024)
+    assert tok.vocab_size == 1024 + 1024 + 1 and tok.continuous_offset == 1024
+    seq = tok.encode_timestep({"caption": "a blue circle", "x": np.array([0.5])}, np.array([3]))
+    assert seq.tokens.tolist()[:4] == [*text.encode("a blue circle"), text.eot_token_id]
+    tok.save(tmp_path / "gato_tokenizer.json")
+    back = GatoTokenizer.load(tmp_path / "gato_tokenizer.json")
+    assert repr(back) == repr(tok) and torch.equal(
+        back.encode_timestep({"caption": "a blue circle", "x": np.array([0.5])}, np.array([3])).tokens, seq.tokens
+    )
+    assert not list(tmp_path.glob(".*.tmp"))  # written through a rename
+    (tmp_path / "bad.json").write_text('{"text": {"kind": "bpe"}, "text_vocab_size": 1024}')
+    with pytest.raises(ValueError, match=r"bad\.json: not a saved GatoTokenizer: it lacks 'num_bins'"):
+        GatoTokenizer.load(tmp_path / "bad.json")
+    state = {**tok.to_dict(), "text": {"kind": "sentencepiece"}}
+    with pytest.raises(ValueError, match="unknown text tokenizer kind 'sentencepiece'"):
+        GatoTokenizer.from_dict(state)
+    with pytest.raises(ValueError, match="cannot save a GatoTokenizer over a WordTokenizer"):
+        GatoTokenizer(WordTokenizer(), text_vocab_size=32000).save(tmp_path / "words.json")
 
 
 def test_collate_pads_right_and_masks_padding(paper: GatoTokenizer) -> None:

@@ -1,4 +1,5 @@
-"""multimodal.tokenizers.text: ClipTokenizer equals open_clip's tokenizer, offline."""
+"""multimodal.tokenizers.text: ClipTokenizer equals open_clip's tokenizer, offline; SubsetTokenizer renumbers the
+tokens a corpus uses."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import open_clip
 import pytest
 import torch
 
-from multimodal.tokenizers import ClipTokenizer
+from multimodal.tokenizers import ClipTokenizer, SubsetTokenizer
 
 TEXTS = [
     "a photo of a cat",
@@ -54,3 +55,35 @@ def test_pickles_small_and_checks_input() -> None:
         ClipTokenizer(1)
     with pytest.raises(ValueError, match="expected a string or a list of strings"):
         tokenizer(["ok", 3])
+
+
+CAPTIONS = ["a red circle in the top left.", "A small blue square next to an orange cross", "the green star"]
+
+
+def test_subset_tokenizer_renumbers_the_corpus_tokens_and_decodes_like_the_whole_bpe() -> None:
+    whole = ClipTokenizer()
+    subset = SubsetTokenizer.from_texts(CAPTIONS)
+    bpe_ids = sorted({i for t in CAPTIONS for i in whole.encode(t)} | {whole.eot_token_id})
+    assert subset.vocab_size == len(bpe_ids) and subset.eot_token_id == len(bpe_ids) - 1  # eot has the top BPE id
+    assert SubsetTokenizer.from_texts(reversed(CAPTIONS)).tokens == subset.tokens  # order-free
+    for text in CAPTIONS:
+        ids = subset.encode(text)
+        assert ids == [bpe_ids.index(i) for i in whole.encode(text)]
+        assert subset.decode([*ids, subset.eot_token_id]) == whole.decode(whole.encode(text))
+    assert SubsetTokenizer(subset.tokens).encode(CAPTIONS[0]) == subset.encode(CAPTIONS[0])  # rebuilt from tokens
+    assert pickle.loads(pickle.dumps(subset)).encode(CAPTIONS[1]) == subset.encode(CAPTIONS[1])
+
+
+def test_subset_tokenizer_refuses_what_it_cannot_represent() -> None:
+    subset = SubsetTokenizer.from_texts(CAPTIONS)
+    with pytest.raises(ValueError, match="'purple</w>', which is not in this tokenizer's"):
+        subset.encode("a purple circle")
+    with pytest.raises(ValueError, match="outside this tokenizer's"):
+        subset.decode([subset.vocab_size])
+    eot = subset.tokens[subset.eot_token_id]
+    with pytest.raises(ValueError, match=r"1 tokens are not in open_clip's BPE vocabulary, e.g. 'notatoken'"):
+        SubsetTokenizer([eot, "notatoken"])
+    with pytest.raises(ValueError, match="end-of-text"):
+        SubsetTokenizer(["red</w>"])
+    with pytest.raises(ValueError, match="twice"):
+        SubsetTokenizer(["red</w>", "red</w>", eot])

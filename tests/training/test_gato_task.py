@@ -13,7 +13,9 @@ import yaml
 
 from eval import caption as eval_caption
 from eval import control as eval_control
+from multimodal.config import ConfigError
 from multimodal.data.control import generate_control
+from multimodal.tokenizers import SubsetTokenizer
 from multimodal.tokenizers.gato import Modality
 from tests.conftest import REPO
 from training.config import TrainConfig
@@ -65,10 +67,19 @@ def recipe(tiny_shapes: Path, control_cards: dict[str, Path], out_dir: Path, **t
             "prompt_prob": 0.5,
             "eval_episodes": 2,
             "eval_samples": 16,
+            "text_vocabulary": "captions",
         },
         "model": {
             "name": "gato_nano",
-            "args": {"dim": 32, "depth": 2, "heads": 2, "context_length": 48, "patch_channels": 8, "patch_groups": 4},
+            "args": {
+                "dim": 32,
+                "depth": 2,
+                "heads": 2,
+                "context_length": 48,
+                "patch_channels": 8,
+                "patch_groups": 4,
+                "text_vocab_size": 1024,
+            },
         },
         "data": {
             "dataset": str(tiny_shapes),
@@ -138,6 +149,9 @@ def test_a_tiny_run_trains_and_evaluates(
     assert {"train/tiny-shapes_loss", "train/tiny-cartpole_acc", "train/tiny-pendulum_loss"} <= set(history[0])
     assert 0 < result["eval/tiny-cartpole_return"] <= 500 and 0.0 <= result["eval/tiny-shapes_caption_acc"] <= 1.0
     assert np.isfinite(result["eval/tiny-pendulum_score"])
+    saved = json.loads((out / "gato_tokenizer.json").read_text())  # the captions' BPE tokens, renumbered
+    assert saved["text"]["kind"] == "bpe_subset" and "circle</w>" in saved["text"]["tokens"]
+    assert 20 < len(saved["text"]["tokens"]) < 200 and saved["text_vocab_size"] == 1024
 
     # The command-line evaluations read the run back.
     assert eval_control.main(["--checkpoint", str(out), "--episodes", "2"]) == 0
@@ -151,3 +165,20 @@ def test_a_tiny_run_trains_and_evaluates(
 def test_the_recipe_loads() -> None:
     cfg = TrainConfig.load(REPO / "configs" / "gato" / "mixed.yaml")
     assert cfg.task.name == "gato" and set(cfg.task.mixture) == {"shapes", "cartpole", "pendulum"}
+
+
+def test_the_text_vocabulary_is_the_whole_bpe_or_the_training_captions(
+    tiny_shapes: Path, control_cards: dict[str, Path], tmp_path: Path
+) -> None:
+    cfg = TrainConfig.from_dict(recipe(tiny_shapes, control_cards, tmp_path / "run"))
+    task = GatoTask(cfg)
+    texts = task.caption_texts("train")
+    assert len(texts) > len(set(texts)) > 10 and all(isinstance(t, str) and t for t in texts)
+    subset = task.tokenizer.text
+    assert subset.vocab_size == len(SubsetTokenizer.from_texts(texts).tokens) < 200
+    assert task.build_model().cfg.vocab_size == 1024 + 1024 + 1
+    whole = GatoTask(cfg.replace(task={"text_vocabulary": "bpe"}, model={"args": {"text_vocab_size": 49408}}))
+    assert whole.tokenizer.text_vocab_size == 49408 and whole.tokenizer.text.vocab_size == 49408
+    small = GatoTask(cfg.replace(model={"args": {"text_vocab_size": 512}}))
+    with pytest.raises(ConfigError, match=r"text_vocab_size=512 cannot hold .* set it to at least 1024"):
+        _ = small.tokenizer

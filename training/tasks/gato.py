@@ -10,12 +10,19 @@ Control sequences follow :func:`multimodal.pipelines.gato.control_layout`: a win
 uniformly drawn start, and with probability ``task.prompt_prob`` a prompt first, taken from another demonstration
 of the same task, half the time from its end and half the time from a uniform start (GATO section 3.3).
 All draws come from generators seeded by (run seed, batch index, dataset), so a resumed run replays them.
+
+Text goes through open_clip's whole BPE (``task.text_vocabulary: bpe``, the default) or only the BPE tokens of the
+mixture's training captions (``captions``), renumbered from 0 into a table of ``model.args.text_vocab_size`` ids:
+on templated captions that cuts the output projection from 50k rows to about 2k, the largest cost of a CPU step.
+The run saves its tokenizer as ``gato_tokenizer.json`` next to ``config.yaml``; the evaluation CLIs read it back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import tarfile
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -24,11 +31,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from multimodal.config import ConfigError
 from multimodal.data import SampleDecoder, SampleStream, SkipStats, ensure_dataset, load_card, make_loader
 from multimodal.data.cards import DatasetCard
 from multimodal.data.control import Episode, env_spec, read_episodes
 from multimodal.pipelines.gato import control_layout
-from multimodal.tokenizers.gato import GatoTokenizer, GatoTokens, collate_tokens
+from multimodal.tokenizers import ClipTokenizer, SubsetTokenizer
+from multimodal.tokenizers.gato import NUM_DISCRETE, TOKENIZER_FILE, GatoTokenizer, GatoTokens, collate_tokens
 
 from ..config import TrainConfig
 from .base import Task
@@ -81,7 +90,7 @@ class GatoTask(Task):
                 raise ValueError(f"dataset {name!r}: captioning reads WebDataset shards, not an image folder")
         if not 0.0 <= cfg.task.prompt_prob <= 1.0:
             raise ValueError(f"task.prompt_prob must be in [0, 1], got {cfg.task.prompt_prob}")
-        self.tokenizer = GatoTokenizer()
+        self._tokenizer: GatoTokenizer | None = None
         self._episodes: dict[tuple[str, str], list[Episode]] = {}
         self._tokens: dict[str, list[GatoTokens]] = {}
 
@@ -96,10 +105,52 @@ class GatoTask(Task):
         for card in self.cards.values():
             ensure_dataset(card, progress=True)
 
+    def caption_texts(self, split: str) -> list[str]:
+        """Every caption (the text and the alternative captions of each sample) of the mixture's captioned
+        datasets in ``split``, read from the shards without decoding the images."""
+        texts = []
+        for name, card in self.cards.items():
+            if self.is_control(name):
+                continue
+            for url in card.shard_urls(split):
+                with tarfile.open(url) as tar:
+                    for member in tar:
+                        ext = member.name.partition(".")[2]
+                        if ext == card.text_key:
+                            texts.append(tar.extractfile(member).read().decode("utf-8"))
+                        elif ext == "json" and card.captions_key:
+                            texts += json.loads(tar.extractfile(member).read()).get(card.captions_key, [])
+        return texts
+
+    @property
+    def tokenizer(self) -> GatoTokenizer:
+        """The run's tokenizer (built on first use), its layout the model's: ``text_vocab_size``, bins, patch."""
+        if self._tokenizer is None:
+            from multimodal import create_model
+
+            with torch.device("meta"):
+                layout = create_model(self.cfg.model.name, **self.cfg.model.args).cfg
+            if self.cfg.task.text_vocabulary == "captions":
+                text = SubsetTokenizer.from_texts(self.caption_texts(self.cfg.data.train_split))
+            else:
+                text = ClipTokenizer()
+            if layout.text_vocab_size < max(text.vocab_size, NUM_DISCRETE):
+                raise ConfigError(
+                    f"model.args.text_vocab_size={layout.text_vocab_size} cannot hold the {text.vocab_size} text "
+                    f"ids of task.text_vocabulary={self.cfg.task.text_vocabulary} and the {NUM_DISCRETE} discrete "
+                    f"ids; set it to at least {max(text.vocab_size, NUM_DISCRETE)}"
+                )
+            self._tokenizer = GatoTokenizer(
+                text, text_vocab_size=layout.text_vocab_size, num_bins=layout.num_bins, patch_size=layout.patch_size
+            )
+        return self._tokenizer
+
     def build_model(self) -> nn.Module:
         model = super().build_model()
         cfg = model.cfg
         self.tokenizer.check_model(cfg)
+        if self.acc is not None and self.acc.is_main_process:
+            self.tokenizer.save(self.cfg.run_dir / TOKENIZER_FILE)
         for name in self.counts:
             if self.is_control(name):
                 control_layout(self.env(name), cfg.context_length)  # raises if the context is too short
