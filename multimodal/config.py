@@ -60,6 +60,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+_YAML_BOOL_WORDS = {True: ("yes", "on", "true", "y"), False: ("no", "off", "false", "n")}
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b=value`` into its key path and the YAML-parsed value."""
     if "=" not in text:
@@ -213,6 +216,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         names = " or ".join(_type_name(a) for a in args)
         raise ConfigError(f"config key '{key}' expects {names}, got {value!r}")
     if origin is typing.Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads an unquoted no/off/yes/on as a bool: take the word back
+            words = [a for a in args if isinstance(a, str) and a.lower() in _YAML_BOOL_WORDS[value]]
+            if len(words) == 1:
+                return words[0]
         if value in args:
             return value
         close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)

@@ -84,3 +84,15 @@ def test_parse_override_rejects_malformed():
     with pytest.raises(ConfigError, match="empty key"):
         parse_override("a..b=1")
     assert apply_overrides({"a": {"b": 1}}, ["a.c=2"]) == {"a": {"b": 1, "c": 2}}
+
+
+def test_a_yaml_boolean_word_is_read_back_as_the_literal_it_spells():
+    @dataclasses.dataclass(frozen=True)
+    class Precision(Config):
+        precision: Literal["no", "bf16", "fp16"] = "bf16"
+
+    assert parse_override("precision=no")[1] is False  # what YAML 1.1 makes of it
+    assert Precision.from_dict({}).override(["precision=no"]).precision == "no"
+    assert Precision.from_dict({"precision": False}).precision == "no"
+    with pytest.raises(ConfigError, match="must be one of 'no', 'bf16', 'fp16', got True"):
+        Precision.from_dict({"precision": True})  # yes: no literal spells it
