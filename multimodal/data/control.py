@@ -21,7 +21,7 @@ import io
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -278,10 +278,34 @@ def dataset_name(env_id: str) -> str:
     return env_spec(env_id).env_id.split("-")[0].lower()
 
 
+def noisy_expert_policy(env_id: str, noise: float, seed: int) -> Policy:
+    """The expert with exploration noise on the executed action: Gaussian noise of std ``noise`` added to a
+    continuous action (then clipped to the bounds), or for a discrete one a uniformly random action with
+    probability ``noise``. Draws from a numpy Generator seeded by ``seed``."""
+    spec = env_spec(env_id)
+    if not noise >= 0 or (spec.action_kind == "discrete" and noise > 1):
+        raise ValueError(f"action_noise must be >= 0 (<= 1 for discrete actions), got {noise}")
+    rng = np.random.default_rng(seed)
+
+    def policy(observations: np.ndarray, alive: np.ndarray) -> np.ndarray:
+        actions = expert_actions(env_id, observations)
+        if spec.action_kind == "discrete":
+            random = rng.integers(spec.num_actions, size=actions.shape, dtype=np.int64)
+            return np.where(rng.random(actions.shape) < noise, random, actions)
+        return (actions + rng.normal(0.0, noise, size=actions.shape)).astype(np.float32)
+
+    return policy
+
+
 def _expert_demonstrations(
-    env_id: str, count: int, first_seed: int, references: dict[str, float], bar: tqdm
+    env_id: str, count: int, first_seed: int, references: dict[str, float], bar: tqdm, action_noise: float = 0.0
 ) -> tuple[list[Episode], int]:
-    """The first ``count`` expert episodes from seed ``first_seed`` on that pass the filter, and how many did not."""
+    """The first ``count`` expert episodes from seed ``first_seed`` on that pass the filter, and how many did not.
+
+    With ``action_noise`` the episodes are rolled out with :func:`noisy_expert_policy` and then labelled with the
+    expert's action for each observation they reached (DART, Laskey et al. 2017): the data shows states off the
+    expert's own path, each with the action that corrects it. The filter judges the noisy rollout's return.
+    """
     kept: list[Episode] = []
     dropped = 0
     seed = first_seed
@@ -290,7 +314,11 @@ def _expert_demonstrations(
             raise RuntimeError(f"{env_id}: the expert passed the filter on only {len(kept)} of {dropped} episodes")
         # A batch of exactly the missing number never overshoots, so the result does not depend on batching.
         need = count - len(kept)
-        batch = run_episodes(env_id, expert_policy(env_id), range(seed, seed + need))
+        if action_noise:
+            rollouts = run_episodes(env_id, noisy_expert_policy(env_id, action_noise, seed), range(seed, seed + need))
+            batch = [replace(e, actions=expert_actions(env_id, e.observations)) for e in rollouts]
+        else:
+            batch = run_episodes(env_id, expert_policy(env_id), range(seed, seed + need))
         passed, failed = filter_episodes(batch, **references)
         kept += passed
         dropped += len(failed)
@@ -320,18 +348,22 @@ def generate_control(
     test_episodes: int = 20,
     reference_episodes: int = 50,
     samples_per_shard: int = 1000,
+    action_noise: float = 0.0,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Write filtered expert episodes of ``env_id`` under ``out_dir`` (``train/``, ``test/``, manifest).
 
     ``episodes`` train and ``test_episodes`` test episodes, each the first that pass the filter from its seed
-    block; one sample per episode. Returns the manifest. A complete dataset of the same arguments is left
+    block; one sample per episode. ``action_noise`` > 0 collects the train episodes with that exploration noise and
+    labels them with the expert's actions (:func:`_expert_demonstrations`); test episodes stay noise-free, as they
+    serve as prompts. Returns the manifest. A complete dataset of the same arguments is left
     untouched; anything else is cleared and regenerated, the manifest written last.
     """
     spec = env_spec(env_id)
     for name, value in (("episodes", episodes), ("test_episodes", test_episodes)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+    noisy_expert_policy(env_id, action_noise, 0)  # checks the noise level before anything is written
     out_dir = Path(out_dir)
     settings = {
         "env_id": env_id,
@@ -341,6 +373,8 @@ def generate_control(
         "samples_per_shard": samples_per_shard,
         "min_normalised_score": MIN_NORMALISED_SCORE,
     }
+    if action_noise:  # only when set, so datasets built before the option keep their manifest
+        settings["action_noise"] = action_noise
     existing = shards.read_manifest(out_dir)
     if (
         existing is not None
@@ -357,7 +391,8 @@ def generate_control(
     splits, filtering = {}, {}
     with tqdm(total=episodes + test_episodes, desc=dataset_name(env_id), unit="ep", disable=not progress) as bar:
         for split in SPLITS:
-            kept, dropped = _expert_demonstrations(env_id, sizes[split], first_seeds[split], references, bar)
+            noise = action_noise if split == "train" else 0.0
+            kept, dropped = _expert_demonstrations(env_id, sizes[split], first_seeds[split], references, bar, noise)
             samples = (_sample(env_id, i, episode, references) for i, episode in enumerate(kept))
             names = shards.write_split(out_dir / split, samples, samples_per_shard=samples_per_shard)
             pattern = f"{split}/{shards.shard_pattern(len(names))}"
@@ -414,6 +449,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-episodes", type=int, default=20)
     parser.add_argument("--reference-episodes", type=int, default=50)
     parser.add_argument("--samples-per-shard", type=int, default=1000)
+    parser.add_argument("--action-noise", type=float, default=0.0, help="exploration noise of the train episodes")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     out = args.out or Path("data") / dataset_name(args.env_id)
@@ -426,6 +462,7 @@ def main(argv: list[str] | None = None) -> None:
             test_episodes=args.test_episodes,
             reference_episodes=args.reference_episodes,
             samples_per_shard=args.samples_per_shard,
+            action_noise=args.action_noise,
             progress=not args.quiet,
         )
     except ValueError as err:

@@ -205,14 +205,34 @@ def test_generation_is_a_no_op_when_complete_and_rebuilt_otherwise(tmp_path, mon
 
 
 def test_cards_match_the_generator():
-    for name, env_id in (("cartpole", "CartPole-v1"), ("pendulum", "Pendulum-v1")):
+    pendulum = {"episodes": 200, "action_noise": 1.0}
+    for name, env_id, args in (("cartpole", "CartPole-v1", {}), ("pendulum", "Pendulum-v1", pendulum)):
         card = load_card(name)
-        assert card.generator == "control" and card.generator_args == {"env_id": env_id}
+        assert card.generator == "control" and card.generator_args == {"env_id": env_id, **args}
         assert control.dataset_name(env_id) == card.name == card.root == name
         assert {split: (s.shards, s.num_samples) for split, s in card.splits.items()} == {
-            "train": ("train/{000000..000000}.tar", 100),
+            "train": ("train/{000000..000000}.tar", args.get("episodes", 100)),
             "test": ("test/{000000..000000}.tar", 20),
         }
+
+
+def test_noisy_demonstrations_leave_the_expert_path_but_carry_the_expert_labels(tmp_path):
+    clean = generate_control(tmp_path / "clean", env_id="Pendulum-v1", **TINY)
+    noisy = generate_control(tmp_path / "noisy", env_id="Pendulum-v1", **TINY, action_noise=1.0)
+    assert noisy["spec"]["action_noise"] == 1.0 and "action_noise" not in clean["spec"]
+    a, b = read_episodes(tmp_path / "clean", "train")[0], read_episodes(tmp_path / "noisy", "train")[0]
+    assert a.seed == b.seed and not np.allclose(a.observations, b.observations)  # the noise moved the pendulum
+    np.testing.assert_array_equal(b.actions, control.expert_actions("Pendulum-v1", b.observations))  # labels
+    for split in ("test",):  # prompts stay noise-free
+        np.testing.assert_array_equal(
+            read_episodes(tmp_path / "clean", split)[0].observations,
+            read_episodes(tmp_path / "noisy", split)[0].observations,
+        )
+    again = generate_control(tmp_path / "again", env_id="Pendulum-v1", **TINY, action_noise=1.0)
+    assert again["splits"] == noisy["splits"]
+    np.testing.assert_array_equal(read_episodes(tmp_path / "again", "train")[0].observations, b.observations)
+    with pytest.raises(ValueError, match="action_noise must be >= 0"):
+        generate_control(tmp_path / "bad", env_id="CartPole-v1", **TINY, action_noise=1.5)
 
 
 def test_ensure_dataset_passes_generator_args(tmp_path):
