@@ -40,9 +40,7 @@ class TaskConfig(Config):
     mixture: dict[str, float] = dataclasses.field(default_factory=dict)  # gato: dataset card -> share of a batch
     prompt_prob: float = 0.25  # gato: share of control sequences prefixed with a demonstration of the same task
     eval_episodes: int = 5  # gato: rollouts per control dataset at each evaluation
-    text_vocabulary: Literal["bpe", "captions"] = (
-        "bpe"  # gato: open_clip's whole BPE, or its training captions' tokens
-    )
+    text_vocabulary: Literal["bpe", "captions"] = "bpe"  # gato: open_clip's BPE, or only the captions' tokens
 
 
 @dataclasses.dataclass(frozen=True)

@@ -278,13 +278,17 @@ def dataset_name(env_id: str) -> str:
     return env_spec(env_id).env_id.split("-")[0].lower()
 
 
+def _check_action_noise(spec: EnvSpec, noise: float) -> None:
+    if not noise >= 0 or (spec.action_kind == "discrete" and noise > 1):
+        raise ValueError(f"action_noise must be >= 0 (<= 1 for discrete actions), got {noise}")
+
+
 def noisy_expert_policy(env_id: str, noise: float, seed: int) -> Policy:
     """The expert with exploration noise on the executed action: Gaussian noise of std ``noise`` added to a
     continuous action (then clipped to the bounds), or for a discrete one a uniformly random action with
     probability ``noise``. Draws from a numpy Generator seeded by ``seed``."""
     spec = env_spec(env_id)
-    if not noise >= 0 or (spec.action_kind == "discrete" and noise > 1):
-        raise ValueError(f"action_noise must be >= 0 (<= 1 for discrete actions), got {noise}")
+    _check_action_noise(spec, noise)
     rng = np.random.default_rng(seed)
 
     def policy(observations: np.ndarray, alive: np.ndarray) -> np.ndarray:
@@ -314,11 +318,10 @@ def _expert_demonstrations(
             raise RuntimeError(f"{env_id}: the expert passed the filter on only {len(kept)} of {dropped} episodes")
         # A batch of exactly the missing number never overshoots, so the result does not depend on batching.
         need = count - len(kept)
-        if action_noise:
-            rollouts = run_episodes(env_id, noisy_expert_policy(env_id, action_noise, seed), range(seed, seed + need))
-            batch = [replace(e, actions=expert_actions(env_id, e.observations)) for e in rollouts]
-        else:
-            batch = run_episodes(env_id, expert_policy(env_id), range(seed, seed + need))
+        policy = noisy_expert_policy(env_id, action_noise, seed) if action_noise else expert_policy(env_id)
+        batch = run_episodes(env_id, policy, range(seed, seed + need))
+        if action_noise:  # label what the noisy rollout reached with what the expert would have done there
+            batch = [replace(e, actions=expert_actions(env_id, e.observations)) for e in batch]
         passed, failed = filter_episodes(batch, **references)
         kept += passed
         dropped += len(failed)
@@ -363,7 +366,7 @@ def generate_control(
     for name, value in (("episodes", episodes), ("test_episodes", test_episodes)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-    noisy_expert_policy(env_id, action_noise, 0)  # checks the noise level before anything is written
+    _check_action_noise(spec, action_noise)
     out_dir = Path(out_dir)
     settings = {
         "env_id": env_id,

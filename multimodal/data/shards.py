@@ -59,7 +59,8 @@ def _encode(key: str, ext: str, value: Any) -> bytes:
     raise ValueError(f"sample {key!r}: field {ext!r} must be bytes, str, dict or list, got {type(value).__name__}")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through ``path.tmp``, fsynced, and a rename: the file is whole or absent."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -97,10 +98,10 @@ def write_shard(path: Path, samples: Iterable[Sample]) -> int:
                 info.uname = info.gname = ""
                 tar.addfile(info, io.BytesIO(data))
             count += 1
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
     stats = {"count": count, "successes": count, "failed_to_download": 0, "failed_to_resize": 0}
     stats_path = path.with_name(path.name.removesuffix(".tar") + "_stats.json")
-    _atomic_write_bytes(stats_path, (json.dumps(stats, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    atomic_write_bytes(stats_path, (json.dumps(stats, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     return count
 
 
@@ -156,7 +157,7 @@ def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    _atomic_write_bytes(out_dir / MANIFEST_NAME, text.encode("utf-8"))
+    atomic_write_bytes(out_dir / MANIFEST_NAME, text.encode("utf-8"))
 
 
 def read_manifest(out_dir: Path) -> dict[str, Any] | None:

@@ -22,9 +22,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import tarfile
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ from multimodal.config import ConfigError
 from multimodal.data import SampleDecoder, SampleStream, SkipStats, ensure_dataset, load_card, make_loader
 from multimodal.data.cards import DatasetCard
 from multimodal.data.control import Episode, env_spec, read_episodes
+from multimodal.data.shards import read_shard
 from multimodal.pipelines.gato import control_layout
 from multimodal.tokenizers import ClipTokenizer, SubsetTokenizer
 from multimodal.tokenizers.gato import NUM_DISCRETE, TOKENIZER_FILE, GatoTokenizer, GatoTokens, collate_tokens
@@ -107,19 +108,17 @@ class GatoTask(Task):
 
     def caption_texts(self, split: str) -> list[str]:
         """Every caption (the text and the alternative captions of each sample) of the mixture's captioned
-        datasets in ``split``, read from the shards without decoding the images."""
+        datasets in ``split``, read from the shards without decoding the images (local shards only)."""
         texts = []
         for name, card in self.cards.items():
             if self.is_control(name):
                 continue
             for url in card.shard_urls(split):
-                with tarfile.open(url) as tar:
-                    for member in tar:
-                        ext = member.name.partition(".")[2]
-                        if ext == card.text_key:
-                            texts.append(tar.extractfile(member).read().decode("utf-8"))
-                        elif ext == "json" and card.captions_key:
-                            texts += json.loads(tar.extractfile(member).read()).get(card.captions_key, [])
+                for sample in read_shard(Path(url)):
+                    if card.text_key in sample:
+                        texts.append(sample[card.text_key].decode("utf-8"))
+                    if card.captions_key and "json" in sample:
+                        texts += json.loads(sample["json"]).get(card.captions_key, [])
         return texts
 
     @property
