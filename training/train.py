@@ -164,6 +164,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     acc = make_accelerator(cfg)
     run_dir = cfg.run_dir
     resume_from = resume_checkpoint(cfg)
+    acc.wait_for_everyone()  # every process decides before the main one writes config.yaml into the run directory
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
