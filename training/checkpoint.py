@@ -17,13 +17,24 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import Accelerator
 from safetensors.torch import save_file
 from torch import nn
 
-__all__ = ["atomic_write_text", "find_latest", "list_checkpoints", "save_checkpoint", "save_weights"]
+from .ema import NUM_UPDATES_KEY
 
-_STEP_DIR = re.compile(r"^step-(\d{8})$")
+__all__ = [
+    "CheckpointError",
+    "atomic_write_text",
+    "find_latest",
+    "list_checkpoints",
+    "load_state",
+    "save_checkpoint",
+    "save_weights",
+]
+
+_STEP_DIR = re.compile(r"^(?:\.old-)?step-(\d{8})$")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -47,21 +58,30 @@ def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None =
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints of a run, oldest first. Temporary folders of interrupted writes are ignored."""
+    """Complete checkpoints of a run, oldest first. Temporary folders of interrupted writes are ignored.
+
+    A checkpoint is complete once its folder is named ``step-N``: everything is written into ``.tmp-step-N`` first
+    and ``state.json`` last. Re-saving a step parks the old folder as ``.old-step-N`` for the moment between two
+    renames; a run killed in that moment still finds it here.
+    """
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = []
-    for d in root.iterdir():
+    found: dict[int, Path] = {}
+    for d in sorted(root.iterdir(), key=lambda d: d.name.startswith(".")):  # step-N before .old-step-N
         m = _STEP_DIR.match(d.name)
         if m and d.is_dir() and (d / "state.json").is_file():
-            found.append((int(m.group(1)), d))
-    return sorted(found)
+            found.setdefault(int(m.group(1)), d)
+    return sorted(found.items())
 
 
 def find_latest(run_dir: Path) -> Path | None:
     found = list_checkpoints(run_dir)
     return found[-1][1] if found else None
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that could not be written or may not be loaded; the message says what to do."""
 
 
 def save_checkpoint(
@@ -74,34 +94,116 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int,
 ) -> Path:
-    """Save everything needed to resume at ``step``; every rank must call this. Returns the checkpoint path."""
+    """Save everything needed to resume at ``step``; every rank must call this. Returns the checkpoint path.
+
+    ``state`` (plain JSON: counters, the LR scheduler's state) goes to ``state.json``; weights go to safetensors
+    and the optimizer and RNG states through Accelerate, so that loading a checkpoint never unpickles code.
+    A write that fails on any rank (a full disk) removes the partial folder on every rank and raises
+    :class:`CheckpointError`; the previous checkpoints are untouched.
+    """
     root = Path(run_dir) / "checkpoints"
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}"
+    error: OSError | None = None
     if acc.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            _sweep(root)
+            tmp.mkdir()
+        except OSError as e:
+            error = e
     acc.wait_for_everyone()
-    acc.save_state(str(tmp / "accelerator"))
-    if acc.is_main_process:
-        unwrapped = acc.unwrap_model(model)
-        save_weights(unwrapped, tmp / "model.safetensors")
-        if ema is not None:
-            save_weights(ema, tmp / "model_ema.safetensors")
-        atomic_write_text(tmp / "state.json", json.dumps(state, indent=2))
-    acc.wait_for_everyone()
+    if error is None and tmp.is_dir():
+        try:
+            acc.save_state(str(tmp / "accelerator"))
+            if acc.is_main_process:
+                save_weights(acc.unwrap_model(model), tmp / "model.safetensors")
+                if ema is not None:
+                    save_weights(ema, tmp / "model_ema.safetensors")
+                atomic_write_text(tmp / "state.json", json.dumps(state, indent=2))
+        except OSError as e:
+            error = e
+    if _failed_anywhere(acc, error is not None or not tmp.is_dir()):
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        previous = find_latest(run_dir)
+        kept = f"the previous checkpoint {previous} is intact" if previous else "there is no earlier checkpoint"
+        cause = f"{error.strerror or error} ({error.filename})" if error else "the write failed on another process"
+        raise CheckpointError(
+            f"could not write checkpoint step-{step:08d} in {root}: {cause}; {kept}. "
+            "Free disk space (or set run.out_dir elsewhere) and continue with resume=latest"
+        )
     if acc.is_main_process:
         stale = root / f".old-step-{step:08d}"
         if final.exists():  # re-saving a step (e.g. after resuming at it): swap, never delete first
             os.rename(final, stale)
         os.rename(tmp, final)
+        _fsync_dir(root)
         shutil.rmtree(stale, ignore_errors=True)
-        for name in ("model.safetensors", "model_ema.safetensors"):
-            if (final / name).exists():
-                shutil.copyfile(final / name, run_dir / f".{name}.tmp")
-                os.replace(run_dir / f".{name}.tmp", run_dir / name)
         for _, old in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
+        try:
+            for name in ("model.safetensors", "model_ema.safetensors"):
+                if (final / name).exists():
+                    shutil.copyfile(final / name, run_dir / f".{name}.tmp")
+                    os.replace(run_dir / f".{name}.tmp", run_dir / name)
+        except OSError as e:
+            error = e
+            for name in ("model.safetensors", "model_ema.safetensors"):
+                (run_dir / f".{name}.tmp").unlink(missing_ok=True)
+    if _failed_anywhere(acc, error is not None):
+        raise CheckpointError(
+            f"checkpoint {final} is complete, but copying its weights to {run_dir} failed: "
+            f"{error.strerror if error else 'on another process'}; free disk space and continue with resume=latest"
+        )
     acc.wait_for_everyone()
     return final
+
+
+def load_state(checkpoint: Path) -> dict[str, Any]:
+    """The ``state.json`` of a checkpoint; for checkpoints of older trainers, which kept the scheduler, trainer state
+    and EMA as Accelerate custom objects, those are read back too, as plain data (``weights_only=True``)."""
+    state = json.loads((Path(checkpoint) / "state.json").read_text())
+    legacy = sorted(Path(checkpoint, "accelerator").glob("custom_checkpoint_*.pkl"), key=lambda p: int(p.stem[18:]))
+    if "scheduler" not in state and legacy:
+        objects = [torch.load(p, map_location="cpu", weights_only=True) for p in legacy]
+        state = {**objects[1], "scheduler": objects[0]}
+        if len(objects) > 2:
+            state["ema_updates"] = int(objects[2].get(NUM_UPDATES_KEY, 1 << 30))
+    return state
+
+
+def _failed_anywhere(acc: Accelerator, failed: bool) -> bool:
+    """Whether any process failed (every process must call this)."""
+    if acc.num_processes == 1:
+        return failed
+    flag = torch.tensor([float(failed)], device=acc.device)
+    return bool(acc.reduce(flag, reduction="sum").item())
+
+
+def _remove(folder: Path) -> None:
+    """Delete a checkpoint so that a crash midway never leaves a ``step-N`` folder with files missing."""
+    doomed = folder.with_name(f".del-{folder.name}")
+    os.rename(folder, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _sweep(root: Path) -> None:
+    """Remove what interrupted writes and deletions left behind (a parked ``.old-step-N`` returns to its name)."""
+    for d in root.iterdir():
+        if d.name.startswith((".tmp-step-", ".del-")):
+            shutil.rmtree(d, ignore_errors=True)
+        elif d.name.startswith(".old-step-"):
+            final = root / d.name[len(".old-") :]
+            if final.exists() or not (d / "state.json").is_file():
+                shutil.rmtree(d, ignore_errors=True)
+            else:
+                os.rename(d, final)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -99,6 +99,7 @@ class TrainLoopConfig(Config):
     cpu: bool = False  # force the CPU even when an accelerator is present
     stop_at: int | None = None  # end this invocation at this step (checkpointed), schedule unchanged: resume later
     record_keys: bool = False  # write each rank's training sample keys to keys/rank-N.txt (data audits)
+    max_bad_steps: int = 5  # a step with a non-finite loss or gradient is skipped; this many in a row stop the run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +121,7 @@ class TrainConfig(Config):
             (self.optim.lr > 0, "optim.lr must be > 0"),
             (0.0 <= self.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)"),
             (self.train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
+            (self.train.max_bad_steps >= 1, "train.max_bad_steps must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:

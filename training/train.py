@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import os
+import pickle
 import re
 import sys
 import time
@@ -21,18 +22,20 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, gather_object, set_seed
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from multimodal.config import ConfigError
 from multimodal.data import SkipStats
 
-from .checkpoint import atomic_write_text, find_latest, save_checkpoint
+from .checkpoint import CheckpointError, atomic_write_text, find_latest, load_state, save_checkpoint
 from .config import TrainConfig
 from .ema import ModelEma
 from .optim import build_optimizer, build_scheduler
 from .tasks import build_task
 
-__all__ = ["TrainState", "load_config", "main", "train"]
+__all__ = ["TrainState", "TrainingError", "load_config", "main", "train"]
 
 
 @dataclass
@@ -44,6 +47,8 @@ class TrainState:
     batches: list[int] = field(default_factory=list)  # batches consumed, per rank
     skips: dict[str, Any] = field(default_factory=dict)  # SkipStats of all ranks, up to the checkpoint
     seconds: float = 0.0  # wall time spent in train() up to the checkpoint, over all invocations of a resumed run
+    skipped_steps: int = 0  # steps whose update was skipped for a non-finite loss or gradient
+    bad_streak: int = 0  # of them, how many in a row up to now
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -52,12 +57,19 @@ class TrainState:
             "batches": list(self.batches),
             "skips": self.skips,
             "seconds": self.seconds,
+            "skipped_steps": self.skipped_steps,
+            "bad_streak": self.bad_streak,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.samples = int(state["step"]), int(state["samples"])
         self.batches, self.skips = list(state["batches"]), dict(state["skips"])
         self.seconds = float(state.get("seconds", 0.0))  # absent in checkpoints of older versions
+        self.skipped_steps, self.bad_streak = int(state.get("skipped_steps", 0)), int(state.get("bad_streak", 0))
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. its loss stays non-finite); the message says what to do."""
 
 
 def load_config(recipe: str | Path, overrides: list[str]) -> TrainConfig:
@@ -86,6 +98,36 @@ def resume_checkpoint(cfg: TrainConfig) -> Path | None:
     if not (path / "accelerator").is_dir() or not (path / "state.json").is_file():
         raise ConfigError(f"resume={resume!r} is not a complete checkpoint folder (checkpoints/step-*)")
     return path
+
+
+def restore_checkpoint(
+    acc: Accelerator, checkpoint: Path, *, scheduler: Any, state: TrainState, ema: ModelEma | None
+) -> None:
+    """Load a checkpoint into the prepared model and optimizer, the scheduler, the trainer state and the EMA.
+
+    Nothing in it is unpickled beyond plain data and tensors (``torch.load(weights_only=True)`` inside Accelerate,
+    safetensors and JSON here): a checkpoint that smuggles in code is refused, its code never run.
+    """
+    try:
+        acc.load_state(str(checkpoint / "accelerator"))
+        saved = load_state(checkpoint)
+        state.load_state_dict(saved)
+        scheduler.load_state_dict(saved["scheduler"])
+        if ema is not None:
+            ema.module.load_state_dict(load_file(checkpoint / "model_ema.safetensors"))
+            ema.num_updates = int(saved.get("ema_updates", 1 << 30))  # older checkpoints: past any warmup
+    except pickle.UnpicklingError as e:
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"refusing to load {checkpoint}: a file in it holds pickled objects other than tensors and plain data, "
+            f"which could run code ({reason[:200]}); resume only from checkpoints you trust"
+        ) from None
+    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as e:
+        detail = " ".join(str(e).split())[:300]
+        raise CheckpointError(
+            f"cannot resume from {checkpoint}: it is damaged or belongs to another model or recipe "
+            f"({type(e).__name__}: {detail}); resume from another checkpoint (resume=<folder>) or start afresh"
+        ) from None
 
 
 def _warn_ignored_num_processes() -> None:
@@ -128,7 +170,8 @@ class MetricsLog:
     def __init__(self, acc: Accelerator, path: Path, resume_step: int | None) -> None:
         self.acc, self.path = acc, path
         if acc.is_main_process and resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+            steps = [(line, _record_step(line)) for line in path.read_text().splitlines()]
+            kept = [line for line, step in steps if step is not None and step <= resume_step]
             atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def log(self, step: int, values: dict[str, Any]) -> None:
@@ -140,12 +183,60 @@ class MetricsLog:
         self.acc.log({k: v for k, v in values.items() if isinstance(v, (int, float))}, step=step)
 
 
+def _record_step(line: str) -> int | None:
+    """The step of a ``metrics.jsonl`` line; None for a line a crash cut short."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _sum_across(acc: Accelerator, values: dict[str, float]) -> dict[str, float]:
     """Sum scalars over all processes (every process must call this at the same step)."""
     keys = sorted(values)
     local = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=acc.device)
     total = acc.reduce(local, reduction="sum") if acc.num_processes > 1 else local
     return {k: total[i].item() for i, k in enumerate(keys)}
+
+
+def _check_step(
+    acc: Accelerator, losses: list[float], params: list[torch.nn.Parameter], clip: float | None
+) -> tuple[str | None, float | None]:
+    """Clip the gradients; return what is not finite in this step on any process ("loss", "gradient" or None) and
+    the gradient norm before clipping (None under fp16 without clipping).
+
+    The gradient norm (clipped to ``clip``) is taken after the gradients are reduced, so every process sees the same;
+    the losses are local and their verdict is summed across processes. Under fp16 the gradient scaler already skips
+    overflowing steps (lowering its scale), so only the loss is checked there.
+    """
+    norm = None
+    if clip:
+        norm = float(acc.clip_grad_norm_(params, clip))
+    elif acc.scaler is None:
+        norm = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+    flags = [not all(math.isfinite(v) for v in losses), acc.scaler is None and not math.isfinite(norm)]
+    if acc.num_processes > 1:
+        flags = (acc.reduce(torch.tensor(flags, dtype=torch.float32, device=acc.device), reduction="sum") > 0).tolist()
+    return ("loss" if flags[0] else "gradient" if flags[1] else None), norm
+
+
+def _handle_bad_step(acc: Accelerator, cfg: TrainConfig, run_dir: Path, state: TrainState, fault: str) -> None:
+    """Warn about a skipped step; raise :class:`TrainingError` after ``train.max_bad_steps`` of them in a row."""
+    limit = cfg.train.max_bad_steps
+    if state.bad_streak < limit:
+        acc.print(
+            f"warning: step {state.step}: non-finite {fault}, update skipped "
+            f"({state.bad_streak} in a row; the run stops at {limit})",
+            file=sys.stderr,
+        )
+        return
+    latest = find_latest(run_dir)
+    raise TrainingError(
+        f"stopped at step {state.step}: {limit} steps in a row ({state.step - limit + 1}-{state.step}) had a "
+        f"non-finite loss or gradient and were skipped; nothing was saved after them, the last good checkpoint is "
+        f"{latest or 'none (no checkpoint was written yet)'}. Lower optim.lr, set optim.grad_clip, or check the "
+        "data of those steps, then continue with resume=latest"
+    )
 
 
 def _gather_skips(acc: Accelerator, local: SkipStats) -> SkipStats:
@@ -184,10 +275,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         else None
     )
     state = TrainState(batches=[0] * acc.num_processes)
-    acc.register_for_checkpointing(scheduler, state, *([ema] if ema is not None else []))
 
     if resume_from is not None:
-        acc.load_state(str(resume_from / "accelerator"))
+        restore_checkpoint(acc, resume_from, scheduler=scheduler, state=state, ema=ema)
         if len(state.batches) != acc.num_processes:
             acc.print(
                 f"warning: checkpoint written by {len(state.batches)} processes, resuming with {acc.num_processes}: "
@@ -202,7 +292,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     def seconds_so_far() -> float:
         return seconds_before + time.perf_counter() - started
 
-    metrics = MetricsLog(acc, run_dir / "metrics.jsonl", state.step if resume_from is not None else None)
+    # Resuming (or restarting with resume=latest after a crash before the first checkpoint) drops the records of
+    # the steps that will be recomputed.
+    resuming = resume_from is not None or cfg.resume == "latest"
+    metrics = MetricsLog(acc, run_dir / "metrics.jsonl", state.step if resuming else None)
     if cfg.train.log_with:
         acc.init_trackers(cfg.run.name, config=cfg.flat())
 
@@ -214,6 +307,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     params = [p for p in model.parameters() if p.requires_grad]
     sums: dict[str, float] = {}
     count, window_samples, window_start = 0, 0, time.perf_counter()
+    step_logs: list[dict[str, float]] = []  # the micro-batches of the step in progress
+    skipped_in_window = 0
     eval_results: dict[str, float] = {}
     last_eval_step = -1
     bar = tqdm(
@@ -231,9 +326,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         state.batches = (
             [int(b) for b in gather_object([state.batches[rank]])] if acc.num_processes > 1 else state.batches
         )
+        saved = {**state.state_dict(), "scheduler": scheduler.state_dict()}
+        if ema is not None:
+            saved["ema_updates"] = ema.num_updates
         save_checkpoint(
-            acc, run_dir, step=state.step, model=model, ema=ema.module if ema else None,
-            state={"step": state.step, "samples": state.samples, "batches": state.batches, "seconds": state.seconds},
+            acc, run_dir, step=state.step, model=model, ema=ema.module if ema else None, state=saved,
             keep=cfg.train.keep_checkpoints,
         )  # fmt: skip
 
@@ -260,6 +357,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     )
     model.train()
     while state.step < stop:
+        fault = None
         for _ in range(cfg.optim.accum):
             batch = next(batches)
             state.batches[rank] += 1
@@ -272,21 +370,33 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 keys_file.write("".join(f"{state.step}\t{k}\n" for k in batch["key"]))
             batch = {k: v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
             with acc.accumulate(model):
-                logs = task.step(acc, model, batch)
-                if acc.sync_gradients and cfg.optim.grad_clip:
-                    logs["grad_norm"] = acc.clip_grad_norm_(params, cfg.optim.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                logs = {k: float(v) for k, v in task.step(acc, model, batch).items()}
+                step_logs.append(logs)
                 if acc.sync_gradients:
-                    task.after_step(acc.unwrap_model(model))
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            count += 1
+                    fault, grad_norm = _check_step(acc, [lg["loss"] for lg in step_logs], params, cfg.optim.grad_clip)
+                    if grad_norm is not None:
+                        logs["grad_norm"] = grad_norm
+                    if fault is None or acc.scaler is not None:  # under fp16 the gradient scaler skips it itself
+                        optimizer.step()
+                        task.after_step(acc.unwrap_model(model))
+                    optimizer.zero_grad(set_to_none=True)
             window_samples += batch["size"]
         scheduler.step()
-        if ema is not None:
-            ema.update(acc.unwrap_model(model))
         state.step += 1
+        if fault is None:
+            state.bad_streak = 0
+            if ema is not None:
+                ema.update(acc.unwrap_model(model))
+            for logs in step_logs:
+                for k, v in logs.items():
+                    sums[k] = sums.get(k, 0.0) + v
+            count += len(step_logs)
+        else:
+            state.skipped_steps += 1
+            state.bad_streak += 1
+            skipped_in_window += 1
+            _handle_bad_step(acc, cfg, run_dir, state, fault)
+        step_logs = []
         bar.update(1)
 
         if state.step % cfg.train.log_every == 0 or state.step == stop:
@@ -296,11 +406,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             means = {f"train/{k}": v / n for k, v in totals.items()}
             means["train/lr"] = scheduler.get_last_lr()[0]
             means["train/samples_per_s"] = window_total / max(time.perf_counter() - window_start, 1e-9)
+            if skipped_in_window:
+                means["train/skipped_steps"] = skipped_in_window
             metrics.log(state.step, means)
             bar.set_postfix(
                 loss=f"{means.get('train/loss', math.nan):.4f}", lr=f"{means['train/lr']:.2e}", refresh=False
             )
             sums, count, window_samples, window_start = {}, 0, 0, time.perf_counter()
+            skipped_in_window = 0
         if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and state.step < stop:
             eval_results = evaluate()
             metrics.log(state.step, eval_results)
@@ -324,6 +437,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "num_processes": acc.num_processes,
         "distributed_type": str(acc.distributed_type).rsplit(".", 1)[-1],
         "wall_seconds": round(seconds_so_far(), 1),  # setup and evaluations included
+        "skipped_steps": state.skipped_steps,
         **eval_results,
         "data": carried.to_json(),
     }
@@ -362,7 +476,12 @@ def main(argv: list[str] | None = None) -> int:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {e}", file=sys.stderr)
         return 2
-    train(cfg)
+    try:
+        train(cfg)
+    except (CheckpointError, TrainingError) as e:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
