@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -63,7 +64,10 @@ def load_checkpoint(path: str | Path, *, ema: bool | None = None, device: str | 
         raise ConfigError(f"{run_dir(path) / 'config.yaml'} names no model (model.name)")
     weights = run_weights(path, ema=ema)
     model = create_model(model_cfg["name"], **(model_cfg.get("args") or {}))
-    state = load_file(str(weights), device=str(device))
+    try:
+        state = load_file(str(weights), device=str(device))
+    except SafetensorError as e:
+        raise ConfigError(f"{weights} is not a readable safetensors file ({e}): the checkpoint is damaged") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ConfigError(

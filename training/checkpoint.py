@@ -19,10 +19,9 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
-
-from .ema import NUM_UPDATES_KEY
 
 __all__ = [
     "CheckpointError",
@@ -34,6 +33,7 @@ __all__ = [
     "save_weights",
 ]
 
+_WRITE_ERRORS = (OSError, SafetensorError, RuntimeError)
 _STEP_DIR = re.compile(r"^(?:\.old-)?step-(\d{8})$")
 
 
@@ -104,13 +104,13 @@ def save_checkpoint(
     root = Path(run_dir) / "checkpoints"
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}"
-    error: OSError | None = None
+    error: Exception | None = None
     if acc.is_main_process:
         try:
             root.mkdir(parents=True, exist_ok=True)
             _sweep(root)
             tmp.mkdir()
-        except OSError as e:
+        except _WRITE_ERRORS as e:
             error = e
     acc.wait_for_everyone()
     if error is None and tmp.is_dir():
@@ -121,14 +121,14 @@ def save_checkpoint(
                 if ema is not None:
                     save_weights(ema, tmp / "model_ema.safetensors")
                 atomic_write_text(tmp / "state.json", json.dumps(state, indent=2))
-        except OSError as e:
+        except _WRITE_ERRORS as e:  # safetensors and torch.save report a failed write(2) in their own types
             error = e
     if _failed_anywhere(acc, error is not None or not tmp.is_dir()):
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         previous = find_latest(run_dir)
         kept = f"the previous checkpoint {previous} is intact" if previous else "there is no earlier checkpoint"
-        cause = f"{error.strerror or error} ({error.filename})" if error else "the write failed on another process"
+        cause = _describe(error) if error else "the write failed on another process"
         raise CheckpointError(
             f"could not write checkpoint step-{step:08d} in {root}: {cause}; {kept}. "
             "Free disk space (or set run.out_dir elsewhere) and continue with resume=latest"
@@ -147,30 +147,38 @@ def save_checkpoint(
                 if (final / name).exists():
                     shutil.copyfile(final / name, run_dir / f".{name}.tmp")
                     os.replace(run_dir / f".{name}.tmp", run_dir / name)
-        except OSError as e:
+        except _WRITE_ERRORS as e:
             error = e
             for name in ("model.safetensors", "model_ema.safetensors"):
                 (run_dir / f".{name}.tmp").unlink(missing_ok=True)
     if _failed_anywhere(acc, error is not None):
         raise CheckpointError(
             f"checkpoint {final} is complete, but copying its weights to {run_dir} failed: "
-            f"{error.strerror if error else 'on another process'}; free disk space and continue with resume=latest"
+            f"{_describe(error) if error else 'on another process'}; free disk space and continue with resume=latest"
         )
     acc.wait_for_everyone()
     return final
 
 
 def load_state(checkpoint: Path) -> dict[str, Any]:
-    """The ``state.json`` of a checkpoint; for checkpoints of older trainers, which kept the scheduler, trainer state
-    and EMA as Accelerate custom objects, those are read back too, as plain data (``weights_only=True``)."""
-    state = json.loads((Path(checkpoint) / "state.json").read_text())
-    legacy = sorted(Path(checkpoint, "accelerator").glob("custom_checkpoint_*.pkl"), key=lambda p: int(p.stem[18:]))
-    if "scheduler" not in state and legacy:
-        objects = [torch.load(p, map_location="cpu", weights_only=True) for p in legacy]
-        state = {**objects[1], "scheduler": objects[0]}
-        if len(objects) > 2:
-            state["ema_updates"] = int(objects[2].get(NUM_UPDATES_KEY, 1 << 30))
-    return state
+    """The ``state.json`` of a checkpoint (trainer counters and the LR scheduler's state).
+
+    Checkpoints of older trainers kept that state as pickled Accelerate custom objects, which Accelerate unpickles
+    with ``weights_only=False``; they are refused rather than loaded.
+    """
+    if any(Path(checkpoint, "accelerator").glob("custom_checkpoint_*.pkl")):
+        raise CheckpointError(
+            f"refusing to load {checkpoint}: it keeps trainer state in pickles (accelerator/custom_checkpoint_*.pkl, "
+            "written by an older trainer), which could run code; its weights are in model.safetensors, but the run "
+            "cannot be resumed: start a new one"
+        )
+    return json.loads((Path(checkpoint) / "state.json").read_text())
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror} ({error.filename})" if error.filename else error.strerror
+    return " ".join(str(error).split())[:300]
 
 
 def _failed_anywhere(acc: Accelerator, failed: bool) -> bool:

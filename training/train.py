@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, gather_object, set_seed
+from accelerate.utils.other import load as load_weights_only
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
@@ -35,7 +36,7 @@ from .ema import ModelEma
 from .optim import build_optimizer, build_scheduler
 from .tasks import build_task
 
-__all__ = ["TrainState", "TrainingError", "load_config", "main", "train"]
+__all__ = ["PeerLostError", "TrainState", "TrainingError", "load_config", "main", "train"]
 
 
 @dataclass
@@ -70,6 +71,10 @@ class TrainState:
 
 class TrainingError(RuntimeError):
     """The run cannot go on (e.g. its loss stays non-finite); the message says what to do."""
+
+
+class PeerLostError(TrainingError):
+    """Another process of the run went away mid-collective; each survivor reports it."""
 
 
 def load_config(recipe: str | Path, overrides: list[str]) -> TrainConfig:
@@ -108,14 +113,19 @@ def restore_checkpoint(
     Nothing in it is unpickled beyond plain data and tensors (``torch.load(weights_only=True)`` inside Accelerate,
     safetensors and JSON here): a checkpoint that smuggles in code is refused, its code never run.
     """
+    rng = checkpoint / "accelerator" / f"random_states_{acc.process_index}.pkl"
     try:
+        saved = load_state(checkpoint)  # first: it refuses the pickled trainer state of older checkpoints
+        if rng.exists():  # Accelerate logs a failure to read it and goes on: resumption would not be exact
+            load_weights_only(rng)  # Accelerate's torch.load(weights_only=True), numpy's RNG state allowed
         acc.load_state(str(checkpoint / "accelerator"))
-        saved = load_state(checkpoint)
         state.load_state_dict(saved)
         scheduler.load_state_dict(saved["scheduler"])
         if ema is not None:
             ema.module.load_state_dict(load_file(checkpoint / "model_ema.safetensors"))
             ema.num_updates = int(saved.get("ema_updates", 1 << 30))  # older checkpoints: past any warmup
+    except CheckpointError:
+        raise
     except pickle.UnpicklingError as e:
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise CheckpointError(
@@ -239,6 +249,18 @@ def _handle_bad_step(acc: Accelerator, cfg: TrainConfig, run_dir: Path, state: T
     )
 
 
+def _peer_lost(error: RuntimeError) -> bool:
+    """Whether a collective failed because another process went away (gloo and NCCL say so only in words)."""
+    return isinstance(error, torch.distributed.DistError) or bool(
+        re.search(r"Connection (reset|closed) by peer|Broken pipe|NCCL communicator was aborted", str(error))
+    )
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return re.sub(r"^\[[^\]]*gloo[^\]]*\] ", "", text)[:200]
+
+
 def _gather_skips(acc: Accelerator, local: SkipStats) -> SkipStats:
     merged = SkipStats()
     for state in gather_object([local.state_dict()]) if acc.num_processes > 1 else [local.state_dict()]:
@@ -305,6 +327,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     carried.load_state_dict(state.skips)
     batches = iter(task.train_batches(state.batches[rank]))
     params = [p for p in model.parameters() if p.requires_grad]
+    # Batch-norm statistics move in the forward pass; a skipped step puts them back.
+    running_stats = [
+        b for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase) for b in m.buffers()
+    ]
     sums: dict[str, float] = {}
     count, window_samples, window_start = 0, 0, time.perf_counter()
     step_logs: list[dict[str, float]] = []  # the micro-batches of the step in progress
@@ -355,82 +381,97 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     acc.print(
         f"training {cfg.model.name} for {stop - state.step} steps on {acc.num_processes} process(es), {acc.device}"
     )
-    model.train()
-    while state.step < stop:
-        fault = None
-        for _ in range(cfg.optim.accum):
-            batch = next(batches)
-            state.batches[rank] += 1
-            skips.update(batch.pop("skipped"))
-            while not batch["size"]:  # every sample of the batch was unusable: take the next one
+    try:
+        model.train()
+        while state.step < stop:
+            fault = None
+            stats_before = [b.clone() for b in running_stats]
+            for _ in range(cfg.optim.accum):
                 batch = next(batches)
                 state.batches[rank] += 1
                 skips.update(batch.pop("skipped"))
-            if keys_file is not None:
-                keys_file.write("".join(f"{state.step}\t{k}\n" for k in batch["key"]))
-            batch = {k: v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-            with acc.accumulate(model):
-                logs = {k: float(v) for k, v in task.step(acc, model, batch).items()}
-                step_logs.append(logs)
-                if acc.sync_gradients:
-                    fault, grad_norm = _check_step(acc, [lg["loss"] for lg in step_logs], params, cfg.optim.grad_clip)
-                    if grad_norm is not None:
-                        logs["grad_norm"] = grad_norm
-                    if fault is None or acc.scaler is not None:  # under fp16 the gradient scaler skips it itself
-                        optimizer.step()
-                        task.after_step(acc.unwrap_model(model))
-                    optimizer.zero_grad(set_to_none=True)
-            window_samples += batch["size"]
-        scheduler.step()
-        state.step += 1
-        if fault is None:
-            state.bad_streak = 0
-            if ema is not None:
-                ema.update(acc.unwrap_model(model))
-            for logs in step_logs:
-                for k, v in logs.items():
-                    sums[k] = sums.get(k, 0.0) + v
-            count += len(step_logs)
-        else:
-            state.skipped_steps += 1
-            state.bad_streak += 1
-            skipped_in_window += 1
-            _handle_bad_step(acc, cfg, run_dir, state, fault)
-        step_logs = []
-        bar.update(1)
+                while not batch["size"]:  # every sample of the batch was unusable: take the next one
+                    batch = next(batches)
+                    state.batches[rank] += 1
+                    skips.update(batch.pop("skipped"))
+                if keys_file is not None:
+                    keys_file.write("".join(f"{state.step}\t{k}\n" for k in batch["key"]))
+                batch = {k: v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+                with acc.accumulate(model):
+                    logs = {k: float(v) for k, v in task.step(acc, model, batch).items()}
+                    step_logs.append(logs)
+                    if acc.sync_gradients:
+                        fault, grad_norm = _check_step(
+                            acc, [lg["loss"] for lg in step_logs], params, cfg.optim.grad_clip
+                        )
+                        if grad_norm is not None:
+                            logs["grad_norm"] = grad_norm
+                        if fault is None or acc.scaler is not None:  # under fp16 the gradient scaler skips it itself
+                            optimizer.step()
+                            task.after_step(acc.unwrap_model(model))
+                        optimizer.zero_grad(set_to_none=True)
+                window_samples += batch["size"]
+            scheduler.step()
+            state.step += 1
+            if fault is None:
+                state.bad_streak = 0
+                if ema is not None:
+                    ema.update(acc.unwrap_model(model))
+                for logs in step_logs:
+                    for k, v in logs.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                count += len(step_logs)
+            else:
+                state.skipped_steps += 1
+                for b, before in zip(running_stats, stats_before, strict=True):
+                    b.copy_(before)
+                state.bad_streak += 1
+                skipped_in_window += 1
+                _handle_bad_step(acc, cfg, run_dir, state, fault)
+            step_logs = []
+            bar.update(1)
 
-        if state.step % cfg.train.log_every == 0 or state.step == stop:
-            totals = _sum_across(acc, {**sums, "_count": count, "_samples": window_samples})
-            n, window_total = max(totals.pop("_count"), 1.0), totals.pop("_samples")
-            state.samples += int(window_total)
-            means = {f"train/{k}": v / n for k, v in totals.items()}
-            means["train/lr"] = scheduler.get_last_lr()[0]
-            means["train/samples_per_s"] = window_total / max(time.perf_counter() - window_start, 1e-9)
-            if skipped_in_window:
-                means["train/skipped_steps"] = skipped_in_window
-            metrics.log(state.step, means)
-            bar.set_postfix(
-                loss=f"{means.get('train/loss', math.nan):.4f}", lr=f"{means['train/lr']:.2e}", refresh=False
-            )
-            sums, count, window_samples, window_start = {}, 0, 0, time.perf_counter()
-            skipped_in_window = 0
-        if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and state.step < stop:
+            if state.step % cfg.train.log_every == 0 or state.step == stop:
+                totals = _sum_across(acc, {**sums, "_count": count, "_samples": window_samples})
+                n, window_total = max(totals.pop("_count"), 1.0), totals.pop("_samples")
+                state.samples += int(window_total)
+                means = {f"train/{k}": v / n for k, v in totals.items()}
+                means["train/lr"] = scheduler.get_last_lr()[0]
+                means["train/samples_per_s"] = window_total / max(time.perf_counter() - window_start, 1e-9)
+                if skipped_in_window:
+                    means["train/skipped_steps"] = skipped_in_window
+                metrics.log(state.step, means)
+                bar.set_postfix(
+                    loss=f"{means.get('train/loss', math.nan):.4f}", lr=f"{means['train/lr']:.2e}", refresh=False
+                )
+                sums, count, window_samples, window_start = {}, 0, 0, time.perf_counter()
+                skipped_in_window = 0
+            if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and state.step < stop:
+                eval_results = evaluate()
+                metrics.log(state.step, eval_results)
+                acc.print(_format_eval(state.step, eval_results, cfg.data.eval_split))
+            # Amid non-finite steps no checkpoint is written: the last one stays the last good one.
+            if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0 and not state.bad_streak:
+                checkpoint()
+        bar.close()
+        if keys_file is not None:
+            keys_file.close()
+
+        if last_eval_step != state.step:
             eval_results = evaluate()
             metrics.log(state.step, eval_results)
-            acc.print(_format_eval(state.step, eval_results, cfg.data.eval_split))
-        if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
+        if find_latest(run_dir) is None or find_latest(run_dir).name != f"step-{state.step:08d}":
             checkpoint()
-    bar.close()
-    if keys_file is not None:
-        keys_file.close()
-
-    if last_eval_step != state.step:
-        eval_results = evaluate()
-        metrics.log(state.step, eval_results)
-    if find_latest(run_dir) is None or find_latest(run_dir).name != f"step-{state.step:08d}":
-        checkpoint()
-    else:
-        carried.merge(_gather_skips(acc, skips))
+        else:
+            carried.merge(_gather_skips(acc, skips))
+    except RuntimeError as e:
+        if not _peer_lost(e):
+            raise
+        raise PeerLostError(
+            f"process {rank} of {acc.num_processes} lost contact with the others at step {state.step + 1} "
+            f"({_first_line(e)}); another process probably died: see its own error above. "
+            f"Resume with resume=latest (from {find_latest(run_dir) or 'the start: no checkpoint yet'})"
+        ) from None
     results = {
         "step": state.step,
         "samples": state.samples,
@@ -479,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train(cfg)
     except (CheckpointError, TrainingError) as e:
-        if int(os.environ.get("RANK", "0")) == 0:
+        if int(os.environ.get("RANK", "0")) == 0 or isinstance(e, PeerLostError):
             print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
