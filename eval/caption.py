@@ -76,6 +76,8 @@ def evaluate_captioning(
     skips, right, colour_right, shape_right, examples, n = SkipStats(), 0, 0, 0, [], 0
     for batch in make_loader(stream, num_workers=0):
         skips.update(batch.pop("skipped"))
+        if not batch["size"]:  # every sample of the batch was unusable
+            continue
         keep = min(len(batch["key"]), samples - n)
         captions = caption_images(model, tokenizer, batch["image"][:keep])
         for caption, objects, key in zip(captions, batch["objects"][:keep], batch["key"][:keep], strict=True):

@@ -69,6 +69,9 @@ class TrainState:
         self.skipped_steps, self.bad_streak = int(state.get("skipped_steps", 0)), int(state.get("bad_streak", 0))
 
 
+MAX_EMPTY_BATCHES = 1000  # batches in a row with no usable sample before the run gives up on its data
+
+
 class TrainingError(RuntimeError):
     """The run cannot go on (e.g. its loss stays non-finite); the message says what to do."""
 
@@ -390,7 +393,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 batch = next(batches)
                 state.batches[rank] += 1
                 skips.update(batch.pop("skipped"))
+                empty = 0
                 while not batch["size"]:  # every sample of the batch was unusable: take the next one
+                    empty += 1
+                    if empty == MAX_EMPTY_BATCHES:
+                        raise TrainingError(
+                            f"{empty} batches in a row held no usable sample; the data cannot be read as this "
+                            f"recipe expects: {' '.join(skips.summary().split())[:400]}. Check data.dataset and "
+                            "the card's image and text keys"
+                        )
                     batch = next(batches)
                     state.batches[rank] += 1
                     skips.update(batch.pop("skipped"))

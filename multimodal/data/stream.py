@@ -188,6 +188,20 @@ class SampleStream(IterableDataset):
     def _shard_samples(self, consumer: int, consumers: int, events: list) -> Iterator[dict[str, Any]]:
         errors: dict[str, str] = {}
         current = ""
+        tried: set[str] = set()
+        delivered = 0
+
+        def check_readable() -> None:
+            """An endless stream that read every shard and got no sample would spin forever: fail instead."""
+            if delivered or tried != set(self.urls):
+                return
+            example = next(iter(errors.items()), None)
+            detail = f", e.g. {_short(example[0])}: {example[1]}" if example else ""
+            raise ValueError(
+                f"no sample reached data-loader consumer {consumer} of {consumers} after it read all {len(tried)} "
+                f"shards{detail}; they are unreadable or empty, or hold fewer samples than there are consumers "
+                "(ranks x data.num_workers)"
+            )
 
         def handler(exn: Exception) -> bool:
             errors.setdefault(current, str(exn.args[0]).split(" @ ")[0] if exn.args else type(exn).__name__)
@@ -197,6 +211,7 @@ class SampleStream(IterableDataset):
             nonlocal current
             for url in urls:
                 current, read = url, 0
+                tried.add(url)
                 errors.pop(url, None)
                 for sample in wds.tariterators.tarfile_samples([{"url": url}], handler=handler):
                     read += 1
@@ -214,7 +229,9 @@ class SampleStream(IterableDataset):
             for epoch in itertools.count():
                 for sample in opened([rng.choice(self.urls) for _ in range(len(self.urls))]):
                     sample["__epoch__"] = epoch
+                    delivered += 1
                     yield sample
+                check_readable()
         split_shards = len(self.urls) >= consumers
         for epoch in self._epochs():
             order = list(self.urls)
@@ -226,7 +243,10 @@ class SampleStream(IterableDataset):
                 samples = itertools.islice(opened(order), consumer, None, consumers)
             for sample in samples:
                 sample["__epoch__"] = epoch
+                delivered += 1
                 yield sample
+            if self.infinite:
+                check_readable()
 
     def _folder_samples(self, consumer: int, consumers: int) -> Iterator[dict[str, Any]]:
         for epoch in self._epochs():
@@ -257,6 +277,8 @@ class SampleStream(IterableDataset):
         while True:
             chunk = list(itertools.islice(raw, self.batch_size))
             if not chunk:
+                if events:  # the last shard, read to its end only now, was unreadable: a last, empty batch says so
+                    yield {"skipped": list(events), "size": 0}
                 return
             good = []
             for sample in chunk:

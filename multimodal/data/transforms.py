@@ -32,10 +32,14 @@ IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode to 8-bit RGB: 16/32-bit grey rescaled, palette expanded, alpha composited on white."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+    """Any PIL mode to 8-bit RGB: wide grey rescaled, palette expanded, alpha composited on white.
+
+    Integer grey (``I;16*``, ``I``) is read on the 16-bit scale, 65535 white, as PIL decodes 16-bit PNG, TIFF and
+    PGM files; float grey (``F``) on 0..1. Values past that scale (32-bit data) rescale by their maximum instead.
+    """
+    if img.mode.startswith("I") or img.mode == "F":
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        hi = max(float(arr.max()), 1.0 if img.mode == "F" else 65535.0)
         img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     if img.mode == "P":
         img = img.convert("RGBA")
@@ -95,7 +99,9 @@ class SampleDecoder:
             with Image.open(io.BytesIO(data)) as im:
                 im.load()
                 img = to_rgb(im)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # the warning, under -W error
+            raise DecodeError("image too large", str(e)) from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
             raise DecodeError("corrupt image", str(e)) from None
         img = self._geometry(img, rng)
         x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
@@ -117,7 +123,11 @@ class SampleDecoder:
                     break
             img = img.resize((size, size), Image.BICUBIC)
         else:  # shorter side to `size`, centre crop
-            scale = size / min(w, h)
+            side = min(w, h)
+            if max(w, h) > 4 * side:  # a sliver (say 1 x 100,000 px): crop its centre square before resizing
+                left, top = (w - side) // 2, (h - side) // 2
+                img, w, h = img.crop((left, top, left + side, top + side)), side, side
+            scale = size / side
             nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
             if (nw, nh) != (w, h):
                 img = img.resize((nw, nh), Image.BICUBIC)

@@ -2,7 +2,9 @@
 
 The vocabulary (``bpe_simple_vocab_16e6.txt.gz``) ships inside the open_clip wheel, so nothing is downloaded. Each
 text becomes ``[sot, tokens..., eot, 0, 0, ...]`` of a fixed context length; a text too long is cut and its last
-kept position set to ``eot``, exactly as ``open_clip.tokenize``.
+kept position set to ``eot``, exactly as ``open_clip.tokenize``. Only the start of a long text is encoded (see
+:func:`_encode_head`): byte-pair encoding takes time quadratic in a word's length, and a 10,000-letter "word" in a
+scraped caption would otherwise hold a data-loader worker for seconds.
 
 :class:`SubsetTokenizer` is the same byte-pair encoding restricted to the tokens a corpus uses, renumbered from 0: a
 model over a closed corpus (templated captions) then needs a token table and an output projection of a few hundred
@@ -15,6 +17,7 @@ import functools
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 __all__ = ["ClipTokenizer", "SubsetTokenizer"]
@@ -29,6 +32,22 @@ def _bpe():
     if not path.is_file():
         raise FileNotFoundError(f"open_clip's BPE vocabulary is missing at {path}; reinstall open_clip_torch")
     return SimpleTokenizer(bpe_path=str(path))
+
+
+def _encode_head(text: str, context_length: int) -> list[int]:
+    """BPE ids of ``text``, or of a start of it long enough that the ids past it fall outside the context.
+
+    A prefix of ``4 * context_length`` characters, doubled until it yields twice the context in ids. Merges are
+    local, so cutting the text changes only ids near the cut, past the context: what the context keeps equals
+    ``open_clip.tokenize`` of the whole text, at a cost bounded however long the text is.
+    """
+    size = 4 * context_length
+    while size < len(text):
+        ids = _bpe().encode(text[:size])
+        if len(ids) >= 2 * context_length:
+            return ids
+        size *= 2
+    return _bpe().encode(text)
 
 
 class ClipTokenizer:
@@ -63,7 +82,13 @@ class ClipTokenizer:
             texts = [texts]
         if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
             raise ValueError(f"expected a string or a list of strings, got {type(texts).__name__}")
-        return _bpe()(list(texts), context_length=self.context_length)
+        bpe, n = _bpe(), self.context_length
+        out = torch.zeros(len(texts), n, dtype=torch.long)  # (N, context_length)
+        for i, text in enumerate(texts):
+            ids = [bpe.sot_token_id, *_encode_head(text, n), bpe.eot_token_id][:n]
+            ids[-1] = bpe.eot_token_id  # a text cut short still ends with eot
+            out[i, : len(ids)] = torch.tensor(ids)
+        return out
 
     def encode(self, text: str) -> list[int]:
         """The BPE ids of ``text``, without start, end or padding."""

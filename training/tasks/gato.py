@@ -230,6 +230,8 @@ class GatoTask(Task):
                 if name in captions:
                     out = next(captions[name])
                     skipped += out.get("skipped", [])
+                    if not out["size"]:  # every caption sample was unusable: this batch goes without captions
+                        continue
                     keys += out["key"]
                     parts[name] = out["sequences"]
                 else:

@@ -298,7 +298,9 @@ class UpsamplerTask(Task):
             **self._source(self.cfg.data.eval_split), decode=self._decoder(), collate=collate,
             batch_size=self.cfg.task.eval_samples, infinite=False, shuffle_buffer=0,
         )  # fmt: skip
-        batch = next(iter(stream))
+        batch = next((b for b in stream if b["size"]), None)
+        if batch is None:
+            raise ValueError(f"no decodable image in the '{self.cfg.data.eval_split}' split to evaluate on")
         device = next(inner.parameters()).device
         high = batch["image"].to(device)
         low = F.avg_pool2d(high, inner.config.scale)
