@@ -333,7 +333,7 @@ def _recipe(card: Path, out_dir: Path, **data) -> dict:
     )  # fmt: skip
 
 
-def _check_run(run: Path, results: dict, keys: list[str], skips: dict[str, int]) -> None:
+def _check_run(run: Path, results: dict, keys: list[str], skips: dict[str, int], faults) -> None:
     assert results["step"] == 7 and results["samples"] == len(keys) == 32 - sum(skips.values())
     trained = [line.split("\t")[1] for line in (run / "keys" / "rank-0.txt").read_text().splitlines()]
     assert sorted(trained) == sorted(keys)  # every usable sample once, no fault
@@ -348,9 +348,11 @@ def _check_run(run: Path, results: dict, keys: list[str], skips: dict[str, int])
     assert list(data["unreadable_shards"]) == ["train/000001.tar"]
     assert data["unreadable_shards"]["train/000001.tar"].endswith(TRUNCATION[1])
     assert json.loads((run / "results.json").read_text())["data"] == data
+    lost = f"{sum(skips.values())} undecodable samples skipped and counted by reason, 3 lost to the cut; run finished"
+    faults("shards with every bad sample kind + a truncated tar", lost)
 
 
-def test_clip_run_over_bad_data_finishes_and_reports_every_skip(bad_shards: dict, tmp_path: Path) -> None:
+def test_clip_run_over_bad_data_finishes_and_reports_every_skip(bad_shards: dict, tmp_path: Path, faults) -> None:
     recipe = _recipe(bad_shards["card"], tmp_path / "clip")
     recipe["task"] = {"name": "clip", "zeroshot_splits": []}
     recipe["model"] = {
@@ -362,17 +364,17 @@ def test_clip_run_over_bad_data_finishes_and_reports_every_skip(bad_shards: dict
         },
     }
     results = train_recipe(tmp_path, recipe)
-    _check_run(tmp_path / "clip", results, _used(bad_shards["keys"], captions=True), CLIP_SKIPS)
+    _check_run(tmp_path / "clip", results, _used(bad_shards["keys"], captions=True), CLIP_SKIPS, faults)
     records = [json.loads(x) for x in (tmp_path / "clip" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train/loss"] for r in records if "train/loss" in r]
     assert len(losses) == 2 and np.isfinite(losses).all()  # logged at steps 4 and 7
 
 
-def test_classification_run_and_its_evaluation_over_bad_data_finish(bad_shards: dict, tmp_path: Path) -> None:
+def test_classification_run_and_its_evaluation_over_bad_data_finish(bad_shards: dict, tmp_path: Path, faults) -> None:
     results = train_recipe(
         tmp_path, _recipe(bad_shards["card"], tmp_path / "cls", eval_split="train", eval_batch_size=4)
     )
-    _check_run(tmp_path / "cls", results, _used(bad_shards["keys"], captions=False), CLASSIFICATION_SKIPS)
+    _check_run(tmp_path / "cls", results, _used(bad_shards["keys"], captions=False), CLASSIFICATION_SKIPS, faults)
     assert results["eval/skipped_samples"] == 7  # the evaluation pass skips the same image faults
     assert 0.0 <= results["eval/top1"] <= 1.0
 

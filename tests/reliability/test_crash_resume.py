@@ -33,11 +33,11 @@ CHECKPOINT_FILES = (
 )
 
 
-def _recipe(tiny_shapes: Path, tmp_path: Path, name: str) -> Path:
+def _recipe(tiny_shapes: Path, tmp_path: Path, name: str, steps: int = STEPS, every: int = EVERY) -> Path:
     recipe = tiny_recipe(
         tiny_shapes, tmp_path / name,
         data={"num_workers": 0},
-        train={"steps": STEPS, "checkpoint_every": EVERY, "log_every": 1, "ema_decay": 0.9, "keep_checkpoints": 2},
+        train={"steps": steps, "checkpoint_every": every, "log_every": 1, "ema_decay": 0.9, "keep_checkpoints": 2},
     )  # fmt: skip
     return write_recipe(tmp_path / f"{name}.yaml", recipe)
 
@@ -53,7 +53,7 @@ def _last_logged_step(run: Path) -> int:
     return max([0] + [s for s in map(_record_step, lines) if s is not None])
 
 
-def _check_after_kill(run: Path) -> int:
+def _check_after_kill(run: Path, every: int = EVERY) -> int:
     """Every ``step-*`` folder is complete; returns the step ``resume=latest`` will continue from."""
     root = run / "checkpoints"
     for folder in root.glob("step-*") if root.is_dir() else []:
@@ -62,7 +62,7 @@ def _check_after_kill(run: Path) -> int:
     latest = find_latest(run)
     resume_step = list_checkpoints(run)[-1][0] if latest else 0
     reached = _last_logged_step(run)
-    assert reached - resume_step <= EVERY, f"killed at step {reached}, but resuming at {resume_step}"
+    assert reached - resume_step <= every, f"killed at step {reached}, but resuming at {resume_step}"
     return resume_step
 
 
@@ -76,13 +76,13 @@ def _assert_same_weights(a: Path, b: Path) -> None:
         )
 
 
-def _resume_to_the_end(recipe: Path, run: Path, resume_step: int) -> None:
+def _resume_to_the_end(recipe: Path, run: Path, resume_step: int, steps: int = STEPS) -> None:
     proc = _run(recipe)
     assert proc.returncode == 0, proc.stderr[-3000:]
     if resume_step:
         assert f"at step {resume_step}" in proc.stdout, proc.stdout
     results = json.loads((run / "results.json").read_text())
-    assert results["step"] == STEPS
+    assert results["step"] == steps
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,18 @@ def reference(tiny_shapes, tmp_path_factory) -> Path:
 KILLS = ["weights:1", "save_state:2", "rename:1", "step:3", "remove:1", "copy:1", "metrics:5"]
 
 
-def test_kills_at_every_checkpoint_stage_lose_nothing(reference, tiny_shapes, tmp_path):
+POINTS = {
+    "weights": "SIGKILL: checkpoint weights half written",
+    "save_state": "SIGKILL: checkpoint optimizer/RNG written, weights not",
+    "rename": "SIGKILL: checkpoint complete, before its rename",
+    "step": "SIGKILL: mid-step, gradients computed",
+    "remove": "SIGKILL: old checkpoint half deleted",
+    "copy": "SIGKILL: run's model.safetensors half copied",
+    "metrics": "SIGKILL: metrics.jsonl line half written",
+}
+
+
+def test_kills_at_every_checkpoint_stage_lose_nothing(reference, tiny_shapes, tmp_path, faults):
     recipe = _recipe(tiny_shapes, tmp_path, "run")
     run = tmp_path / "run"
     seen = []
@@ -117,40 +128,63 @@ def test_kills_at_every_checkpoint_stage_lose_nothing(reference, tiny_shapes, tm
         ("weights:1", 4, 0), ("save_state:2", 8, 4), ("rename:1", 8, 4), ("step:3", 6, 4),
         ("remove:1", 12, 12), ("copy:1", 16, 16), ("metrics:5", 20, 20),
     ]  # fmt: skip
+    for kill, reached, resumed in seen:
+        faults(POINTS[kill.split(":")[0]], f"{reached - resumed} steps recomputed, final weights bitwise equal")
 
 
-def _kill_at_random(recipe: Path, rng: random.Random, start: float, span: float) -> None:
-    proc = subprocess.Popen(
+def _start(recipe: Path) -> subprocess.Popen:
+    return subprocess.Popen(
         [sys.executable, KILLER, "none:0", str(recipe), "resume=latest"], cwd=REPO,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
     )  # fmt: skip
-    time.sleep(start + rng.uniform(0.0, span))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
 
 
-def _random_kills(reference: Path, tiny_shapes: Path, tmp_path: Path, kills: int, seed: int) -> None:
-    recipe = _recipe(tiny_shapes, tmp_path, "run")
-    run = tmp_path / "run"
-    rng = random.Random(seed)
+def _timed_reference(recipe: Path, run: Path) -> tuple[float, float]:
+    """Run ``recipe`` uninterrupted; returns (seconds until its first step is logged, seconds in all)."""
     started = time.perf_counter()
-    assert _run(recipe, "none:0", f"train.stop_at={EVERY}").returncode == 0  # how long a start and 4 steps take
-    startup = time.perf_counter() - started
+    proc, first = _start(recipe), None
+    while proc.poll() is None:
+        if first is None and (run / "metrics.jsonl").exists():
+            first = time.perf_counter() - started
+        time.sleep(0.02)
+    assert proc.returncode == 0
+    return first or 0.0, time.perf_counter() - started
+
+
+# A longer schedule than the staged kills', so that moments drawn at random fall inside training as well as in
+# the start-up before it.
+RANDOM_STEPS, RANDOM_EVERY = 120, 10
+
+
+def _random_kills(tiny_shapes: Path, tmp_path: Path, kills: int, seed: int, faults) -> None:
+    startup, total = _timed_reference(
+        _recipe(tiny_shapes, tmp_path, "reference", RANDOM_STEPS, RANDOM_EVERY), tmp_path / "reference"
+    )
+    recipe = _recipe(tiny_shapes, tmp_path, "run", RANDOM_STEPS, RANDOM_EVERY)
+    run, rng = tmp_path / "run", random.Random(seed)
+    recomputed, resumed = [], 0
     for _ in range(kills):
-        _kill_at_random(recipe, rng, 0.5 * startup, startup)
-        _check_after_kill(run)
-        if json.loads((run / "results.json").read_text())["step"] == STEPS:  # it finished before the kill
+        proc = _start(recipe)
+        left = (total - startup) * (RANDOM_STEPS - resumed) / RANDOM_STEPS  # the training this run has to do
+        time.sleep(rng.uniform(0.5 * startup, startup + left))  # from the middle of the start-up to the end
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        if proc.returncode != -signal.SIGKILL:  # it finished before the kill
             break
-    _resume_to_the_end(recipe, run, _check_after_kill(run))
-    _assert_same_weights(reference, run)
+        reached, resumed = _last_logged_step(run), _check_after_kill(run, RANDOM_EVERY)
+        recomputed.append(reached - resumed)
+    _resume_to_the_end(recipe, run, _check_after_kill(run, RANDOM_EVERY), RANDOM_STEPS)
+    _assert_same_weights(tmp_path / "reference", run)
+    for n in recomputed:
+        faults("SIGKILL: random moment", f"{n} steps recomputed, final weights bitwise equal")
 
 
-def test_kills_at_random_moments_lose_nothing(reference, tiny_shapes, tmp_path):
-    _random_kills(reference, tiny_shapes, tmp_path, kills=3, seed=0)
+def test_kills_at_random_moments_lose_nothing(tiny_shapes, tmp_path, faults):
+    _random_kills(tiny_shapes, tmp_path, kills=3, seed=0, faults=faults)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_many_kills_at_random_moments_lose_nothing(reference, tiny_shapes, tmp_path, seed):
-    _random_kills(reference, tiny_shapes, tmp_path, kills=8, seed=seed)
+def test_many_kills_at_random_moments_lose_nothing(tiny_shapes, tmp_path, seed, faults):
+    _random_kills(tiny_shapes, tmp_path, kills=8, seed=seed, faults=faults)

@@ -40,7 +40,9 @@ def _fill_disk_at(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
     monkeypatch.setattr(training.checkpoint, "save_file", save_file_on_a_full_disk)
 
 
-def test_full_disk_keeps_the_previous_checkpoint_and_resume_finishes_the_run(tiny_shapes, tmp_path, monkeypatch):
+def test_full_disk_keeps_the_previous_checkpoint_and_resume_finishes_the_run(
+    tiny_shapes, tmp_path, monkeypatch, faults
+):
     straight = train_recipe(tmp_path, tiny_recipe(tiny_shapes, tmp_path / "straight", train={"ema_decay": 0.9}))
     recipe = tiny_recipe(tiny_shapes, tmp_path / "run", train={"ema_decay": 0.9})
     _fill_disk_at(monkeypatch, call=3)  # step 4 writes two weights files (model, EMA); step 8's first one fails
@@ -62,9 +64,10 @@ def test_full_disk_keeps_the_previous_checkpoint_and_resume_finishes_the_run(tin
     for name in ("model.safetensors", "model_ema.safetensors"):
         a, b = load_file(tmp_path / "straight" / name), load_file(tmp_path / "run" / name)
         assert all(torch.equal(a[k], b[k]) for k in a), name
+    faults("disk full (ENOSPC) in a checkpoint write", "4 steps recomputed, previous checkpoint byte-identical")
 
 
-def test_a_write_the_kernel_refuses_stops_the_cli_in_one_line(tiny_shapes, tmp_path):
+def test_a_write_the_kernel_refuses_stops_the_cli_in_one_line(tiny_shapes, tmp_path, faults):
     """A real failing write(2): the resumed run may not write files over 16 KiB (RLIMIT_FSIZE), so its first
     checkpoint fails with EFBIG inside safetensors / torch.save; Python ignores SIGXFSZ, so the write returns it."""
     # No DataLoader workers: they pass batches through files in /dev/shm, which the limit would also refuse.
@@ -100,3 +103,4 @@ def test_a_write_the_kernel_refuses_stops_the_cli_in_one_line(tiny_shapes, tmp_p
     again = subprocess.run([*base, "resume=latest"], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [4, 8]
+    faults("write(2) refused (EFBIG, RLIMIT_FSIZE)", "4 steps recomputed, previous checkpoint byte-identical")

@@ -61,7 +61,7 @@ def _start_pair(recipe: Path, tmp_path: Path) -> list[subprocess.Popen]:
 
 
 @pytest.mark.parametrize("victim", [1, 0])
-def test_the_survivor_exits_with_a_clear_error_when_its_peer_dies(tiny_shapes, tmp_path, victim):
+def test_the_survivor_exits_with_a_clear_error_when_its_peer_dies(tiny_shapes, tmp_path, victim, faults):
     recipe = _long_recipe(tiny_shapes, tmp_path)
     procs = _start_pair(recipe, tmp_path)
     try:
@@ -84,6 +84,7 @@ def test_the_survivor_exits_with_a_clear_error_when_its_peer_dies(tiny_shapes, t
     assert f"error: process {1 - victim} of 2 lost contact with the others at step " in errors[0]
     assert "resume=latest" in errors[0]
     assert not (tmp_path / "run" / "results.json").exists()
+    faults("one of two gloo processes SIGKILLed", f"survivor exited with a one-line error in {waited:.1f} s")
 
 
 @pytest.mark.slow

@@ -52,7 +52,7 @@ def _digest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*.*")}
 
 
-def test_bad_steps_are_skipped_with_a_warning(tiny_shapes, tmp_path, monkeypatch, capsys):
+def test_bad_steps_are_skipped_with_a_warning(tiny_shapes, tmp_path, monkeypatch, capsys, faults):
     _poison(monkeypatch, {3: "loss", 5: "grad", 6: "loss"})
     recipe = tiny_recipe(tiny_shapes, tmp_path / "run", train={"steps": 8, "log_every": 1, "ema_decay": 0.9})
     results = train_recipe(tmp_path, recipe)
@@ -71,6 +71,8 @@ def test_bad_steps_are_skipped_with_a_warning(tiny_shapes, tmp_path, monkeypatch
     assert all(math.isfinite(r["train/loss"]) for r in train_records if "train/loss" in r)
     saved = json.loads((tmp_path / "run" / "checkpoints" / "step-00000008" / "state.json").read_text())
     assert saved["skipped_steps"] == 3 and saved["bad_streak"] == 0
+    for _ in range(3):
+        faults("NaN loss / inf gradient (isolated)", "that step's update (skipped, weights finite)")
 
 
 def test_a_skipped_step_leaves_the_weights_untouched(tiny_shapes, tmp_path, monkeypatch):
@@ -84,7 +86,7 @@ def test_a_skipped_step_leaves_the_weights_untouched(tiny_shapes, tmp_path, monk
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_too_many_bad_steps_in_a_row_stop_the_run(tiny_shapes, tmp_path, monkeypatch):
+def test_too_many_bad_steps_in_a_row_stop_the_run(tiny_shapes, tmp_path, monkeypatch, faults):
     _poison(monkeypatch, {n: "loss" for n in range(6, 100)})
     recipe = tiny_recipe(tiny_shapes, tmp_path / "run", train={"steps": 20, "max_bad_steps": 3})
     good: dict[str, str] = {}
@@ -104,9 +106,10 @@ def test_too_many_bad_steps_in_a_row_stop_the_run(tiny_shapes, tmp_path, monkeyp
     assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [4]
     assert _digest(tmp_path / "run" / "checkpoints" / "step-00000004") == good
     assert not (tmp_path / "run" / "results.json").exists()
+    faults("NaN loss from step 6 on (stop after 3)", "run stopped at step 8; checkpoint step 4 byte-identical")
 
 
-def test_a_diverging_run_stops_with_a_one_line_error(tiny_shapes, tmp_path):
+def test_a_diverging_run_stops_with_a_one_line_error(tiny_shapes, tmp_path, faults):
     """An absurd learning rate, no injection: the loss overflows and the CLI says so in one line."""
     recipe = tiny_recipe(
         tiny_shapes, tmp_path / "run",
@@ -121,3 +124,4 @@ def test_a_diverging_run_stops_with_a_one_line_error(tiny_shapes, tmp_path):
     last_good = list_checkpoints(tmp_path / "run")[-1][0]
     assert last_good == stopped - 5 and f"step-{last_good:08d}" in errors[0]
     assert all(torch.isfinite(t).all() for t in load_file(tmp_path / "run" / "model.safetensors").values())
+    faults("divergence (lr 1e30)", f"stopped at step {stopped}, last good checkpoint step {last_good} kept")

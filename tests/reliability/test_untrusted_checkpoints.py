@@ -46,7 +46,7 @@ def _copy_with(run: Path, tmp_path: Path, plant: str, payload: object) -> Path:
 @pytest.mark.parametrize(
     "plant", ["accelerator/optimizer.bin", "accelerator/random_states_0.pkl", "accelerator/custom_checkpoint_0.pkl"]
 )
-def test_planted_pickle_payload_is_refused_and_never_runs(run, tiny_shapes, tmp_path, plant):
+def test_planted_pickle_payload_is_refused_and_never_runs(run, tiny_shapes, tmp_path, plant, faults):
     marker = tmp_path / "pwned"
     copy = _copy_with(run, tmp_path, plant, {"state": Payload(marker)})
     recipe = tiny_recipe(tiny_shapes, copy, train={"ema_decay": 0.9, "steps": 12})
@@ -55,6 +55,7 @@ def test_planted_pickle_payload_is_refused_and_never_runs(run, tiny_shapes, tmp_
     with pytest.raises(CheckpointError, match=rf"refusing to load .*step-00000008: {why}"):
         train_recipe(tmp_path, recipe, ["resume=latest"])
     assert not marker.exists(), "the payload ran"
+    faults("pickle payload planted in a checkpoint", "nothing: refused, the payload never ran")
 
 
 def test_the_cli_refuses_in_one_line_with_a_nonzero_exit(run, tiny_shapes, tmp_path):
