@@ -44,6 +44,16 @@ def tiny_shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+TINY_CLIP = {
+    "name": "clip_nano",
+    "args": {
+        "embed_dim": 32,
+        "vision": {"width": 32, "layers": 1, "heads": 2, "stem": "patch", "patch_size": 8},
+        "text": {"width": 32, "layers": 1, "heads": 2, "context_length": 16},
+    },
+}  # a CLIP that trains on the tiny shapes in seconds
+
+
 def tiny_recipe(card: Path, out_dir: Path, **sections: dict) -> dict:
     """A recipe that trains a 2-block ViT on the tiny shapes in seconds."""
     recipe = {

@@ -30,7 +30,7 @@ from PIL import Image
 from multimodal.data import SampleDecoder, SampleStream, SkipStats, collate, make_loader
 from multimodal.data.stream import DecodeError
 from multimodal.tokenizers import ClipTokenizer
-from tests.conftest import tiny_recipe, train_recipe
+from tests.conftest import TINY_CLIP, tiny_recipe, train_recipe
 from training.train import TrainingError
 
 WHITE, GREY, RED = (1.0, 1.0, 1.0), (128 / 255,) * 3, (1.0, 0.0, 0.0)
@@ -355,14 +355,7 @@ def _check_run(run: Path, results: dict, keys: list[str], skips: dict[str, int],
 def test_clip_run_over_bad_data_finishes_and_reports_every_skip(bad_shards: dict, tmp_path: Path, faults) -> None:
     recipe = _recipe(bad_shards["card"], tmp_path / "clip")
     recipe["task"] = {"name": "clip", "zeroshot_splits": []}
-    recipe["model"] = {
-        "name": "clip_nano",
-        "args": {
-            "embed_dim": 32,
-            "vision": {"width": 32, "layers": 1, "heads": 2, "stem": "patch", "patch_size": 8},
-            "text": {"width": 32, "layers": 1, "heads": 2, "context_length": 16},
-        },
-    }
+    recipe["model"] = TINY_CLIP
     results = train_recipe(tmp_path, recipe)
     _check_run(tmp_path / "clip", results, _used(bad_shards["keys"], captions=True), CLIP_SKIPS, faults)
     records = [json.loads(x) for x in (tmp_path / "clip" / "metrics.jsonl").read_text().splitlines()]

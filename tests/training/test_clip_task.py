@@ -3,6 +3,7 @@ and eval.zeroshot reproducing the trainer's figures."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -11,37 +12,17 @@ import sys
 import pytest
 import torch
 import yaml
-from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, tiny_recipe, write_recipe
-from training.train import load_config, train
+from tests.conftest import REPO, TINY_CLIP, tiny_recipe, train_recipe
 
 
 def clip_recipe(card, out_dir, **sections):
     recipe = tiny_recipe(card, out_dir, **sections)
     recipe["task"] = {"name": "clip", "zeroshot_splits": ["test", "heldout"], **sections.get("task", {})}
-    recipe["model"] = {
-        "name": "clip_nano",
-        "args": {
-            "embed_dim": 32,
-            "vision": {"width": 32, "layers": 1, "heads": 2, "stem": "patch", "patch_size": 8},
-            "text": {"width": 32, "layers": 1, "heads": 2, "context_length": 16},
-        },
-    }
+    recipe["model"] = copy.deepcopy(TINY_CLIP)
     recipe["data"].update(shuffle_buffer=32, caption_sampling="random")  # resume must replay the caption draws
     return recipe
-
-
-def _train(tmp_path, recipe, overrides=()):
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    path = write_recipe(tmp_path / f"r{len(list(tmp_path.glob('r*.yaml')))}.yaml", recipe)
-    try:
-        return train(load_config(path, list(overrides)))
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
 
 
 def _weights(run):
@@ -49,7 +30,7 @@ def _weights(run):
 
 
 def test_clip_trains_resumes_exactly_and_zeroshot_cli_agrees(tiny_shapes, tmp_path):
-    straight = _train(tmp_path, clip_recipe(tiny_shapes, tmp_path / "a"))
+    straight = train_recipe(tmp_path, clip_recipe(tiny_shapes, tmp_path / "a"))
     for split in ("test", "heldout"):
         assert 0.0 <= straight[f"eval/{split}_top1"] <= 1.0
         assert straight[f"eval/{split}_chance_top1"] == pytest.approx(1 / 36)
@@ -58,8 +39,8 @@ def test_clip_trains_resumes_exactly_and_zeroshot_cli_agrees(tiny_shapes, tmp_pa
     assert all(s <= 100.0 + 1e-4 for s in scales) and scales[0] == pytest.approx(1 / 0.07, rel=0.05)
 
     recipe = clip_recipe(tiny_shapes, tmp_path / "b")
-    _train(tmp_path, recipe, ["train.stop_at=4"])
-    _train(tmp_path, recipe, ["resume=latest"])
+    train_recipe(tmp_path, recipe, ["train.stop_at=4"])
+    train_recipe(tmp_path, recipe, ["resume=latest"])
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -80,8 +61,8 @@ def test_gradient_caching_matches_the_full_batch(tiny_shapes, tmp_path):
     full = clip_recipe(tiny_shapes, tmp_path / "full", train={"steps": 3, "checkpoint_every": 0})
     cached = clip_recipe(tiny_shapes, tmp_path / "cached", train={"steps": 3, "checkpoint_every": 0})
     cached["task"]["grad_cache_chunks"] = 4
-    _train(tmp_path, full)
-    _train(tmp_path, cached)
+    train_recipe(tmp_path, full)
+    train_recipe(tmp_path, cached)
     a, b = _weights(tmp_path / "full"), _weights(tmp_path / "cached")
     for k in a:
         x, y = a[k], b[k]
@@ -97,7 +78,7 @@ def test_siglip_loss_trains(tiny_shapes, tmp_path):
     recipe = clip_recipe(tiny_shapes, tmp_path / "s", train={"steps": 4, "checkpoint_every": 0})
     recipe["task"]["loss"] = "siglip"
     recipe["model"]["args"].update(init_logit_scale=2.302585, init_logit_bias=-10.0)
-    results = _train(tmp_path, recipe)
+    results = train_recipe(tmp_path, recipe)
     assert results["step"] == 4
     assert "logit_bias" in _weights(tmp_path / "s")
 
@@ -108,4 +89,4 @@ def test_random_captions_need_a_card_with_caption_lists(tiny_shapes, tmp_path):
     path = tmp_path / "no-captions.yaml"
     path.write_text(yaml.safe_dump(card))
     with pytest.raises(ValueError, match=r"declares no captions_key; set data\.caption_sampling=fixed"):
-        _train(tmp_path, clip_recipe(path, tmp_path / "x"))
+        train_recipe(tmp_path, clip_recipe(path, tmp_path / "x"))
