@@ -106,9 +106,9 @@ def evaluate_captioning(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from .control import gato_tokenizer
 
+    cfg = read_run_config(args.checkpoint, task="gato")
     model = load_checkpoint(args.checkpoint, ema=False if args.no_ema else None, device=args.device)
     tokenizer = gato_tokenizer(args.checkpoint, model)
-    cfg = read_run_config(args.checkpoint)
     data = cfg.get("data") or {}
     mixture = (cfg.get("task") or {}).get("mixture") or {}
     name = args.dataset or next((n for n in mixture if load_card(n).generator != "control"), None)

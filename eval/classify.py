@@ -97,7 +97,7 @@ def format_table(rows: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    cfg = read_run_config(args.checkpoint)
+    cfg = read_run_config(args.checkpoint, task="classification")
     data = cfg.get("data", {})
     card = load_card(args.dataset or data.get("dataset", "shapes"))
     label = args.label or data.get("label") or next(iter(card.labels))

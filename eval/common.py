@@ -1,15 +1,14 @@
-"""What the evaluation CLIs share: the run's preprocessing, atomic JSON results, and one-line errors."""
+"""What the evaluation CLIs share: the run's preprocessing, atomic JSON results, and one-line errors
+(``multimodal.cli.run_cli``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from multimodal.config import ConfigError
+from multimodal.cli import run_cli
 from multimodal.data import SampleDecoder
 from multimodal.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -45,14 +44,3 @@ def base_parser(prog: str, doc: str, out_help: str) -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", help=f"JSON path (default: {out_help})")
     return parser
-
-
-def run_cli(run: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    """Parse, run, and turn a user error into one line on stderr and exit status 2."""
-    args = parser.parse_args(argv)
-    try:
-        run(args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0

@@ -79,10 +79,11 @@ def evaluate_control(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    cfg = read_run_config(args.checkpoint, task="gato")
     model = load_checkpoint(args.checkpoint, ema=False if args.no_ema else None, device=args.device)
     tokenizer = gato_tokenizer(args.checkpoint, model)
     if args.env == "all":
-        mixture = (read_run_config(args.checkpoint).get("task") or {}).get("mixture") or {}
+        mixture = (cfg.get("task") or {}).get("mixture") or {}
         cards = [load_card(name) for name in mixture]
         cards = [c for c in cards if c.generator == "control"]
         if not cards:

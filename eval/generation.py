@@ -37,6 +37,7 @@ from multimodal.config import ConfigError
 from multimodal.data import load_card
 from multimodal.data.cards import ensure_dataset
 from multimodal.generate import load_pipeline, make_grid, save_atomic
+from multimodal.tokenizers import ClipTokenizer
 
 from .classify import eval_stream
 from .common import run_cli, run_decoder, write_result
@@ -60,7 +61,7 @@ class Judge:
     """A trained shapes classifier (36 colour-shape classes) judging images in [-1, 1] of any size."""
 
     def __init__(self, run: str | Path, *, device: torch.device | str = "cpu") -> None:
-        cfg = read_run_config(run)
+        cfg = read_run_config(run, task="classification")
         data = cfg.get("data", {})
         if data.get("label") != "color_shape":
             raise ConfigError(
@@ -217,7 +218,8 @@ def evaluate_generation(
 
     real, captions, real_labels = _real_images(dataset, real_images, size or 64)
     real_pred, real_feats = judge(real.to(device))
-    caption_embeds = pipe.encode_prompt(captions)[0]
+    tokens = ClipTokenizer(context_length=pipe.clip.context_length)(captions)  # dataset captions: cut as in training
+    caption_embeds = pipe.clip.encode_text(tokens.to(device))[0]
     results["real"] = {
         "n": len(real),
         "judge_accuracy": (real_pred.cpu() == real_labels).float().mean().item(),  # the judge's own ceiling
@@ -258,8 +260,8 @@ def format_table(results: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
+    judge = Judge(args.judge, device=device)  # before the pipeline: a wrong --judge fails at once
     pipe = load_pipeline(args.checkpoint, sampler=args.sampler, decoder=args.decoder).to(device)
-    judge = Judge(args.judge, device=device)
     inception = InceptionFeatures(args.inception, device=device) if args.inception else None
     out = Path(args.out) if args.out else Path(args.checkpoint) / "eval" / "generation.json"
     results = evaluate_generation(

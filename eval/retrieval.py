@@ -19,7 +19,6 @@ from tqdm.auto import tqdm
 
 from multimodal import load_checkpoint
 from multimodal.checkpoint import read_run_config
-from multimodal.config import ConfigError
 from multimodal.data import load_card, make_loader
 from multimodal.data.cards import ensure_dataset
 
@@ -77,15 +76,13 @@ def retrieval_evaluate(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from multimodal.tokenizers import ClipTokenizer
 
-    cfg = read_run_config(args.checkpoint)
+    cfg = read_run_config(args.checkpoint, task="clip")
     data = cfg.get("data", {})
     card = load_card(args.dataset or data.get("dataset", "shapes"))
     card.split(args.split)
     ensure_dataset(card)
     acc = Accelerator(cpu=not torch.cuda.is_available())
     model = load_checkpoint(args.checkpoint).to(acc.device)
-    if not hasattr(model, "encode_text"):
-        raise ConfigError(f"{args.checkpoint} holds a {type(model).__name__}, not a CLIP model")
     decoder = run_decoder(data, text_key=card.text_key)
     stream = eval_stream(
         card, args.split, decoder=decoder, batch_size=args.batch_size, rank=acc.process_index,

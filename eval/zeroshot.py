@@ -96,7 +96,7 @@ def default_splits(card: DatasetCard) -> list[str]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from multimodal.tokenizers import ClipTokenizer
 
-    cfg = read_run_config(args.checkpoint)
+    cfg = read_run_config(args.checkpoint, task="clip")
     data = cfg.get("data", {})
     card = load_card(args.dataset or data.get("dataset", "shapes"))
     trained = data.get("label")
@@ -109,8 +109,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ensure_dataset(card)
     acc = Accelerator(cpu=not torch.cuda.is_available())
     model = load_checkpoint(args.checkpoint, ema=False if args.no_ema else None).to(acc.device)
-    if not hasattr(model, "encode_text"):
-        raise ConfigError(f"{args.checkpoint} holds a {type(model).__name__}, not a CLIP model; use eval.classify")
     tokenizer = ClipTokenizer(context_length=model.cfg.text.context_length)
     decoder = run_decoder(data, label_key="cls" if card.format == "folder" else label)
     results = zeroshot_evaluate(

@@ -6,15 +6,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from .config import ConfigError
+from .config import ConfigError, load_yaml
 from .models.registry import create_model
 
-__all__ = ["load_checkpoint", "read_run_config", "run_dir", "run_weights"]
+__all__ = ["describe_run", "load_checkpoint", "read_run_config", "run_dir", "run_weights"]
+
+_STACK = "multimodal.generate, given the folder above it"
+# task.name of a run -> what the run is, the recipes that train one, and what takes it
+_RUN_KINDS = {
+    "classification": ("an image-classifier run", "configs/vit/*.yaml, configs/vision/*.yaml", "eval.classify"),
+    "clip": ("a CLIP run", "configs/clip/*.yaml", "eval.zeroshot or eval.retrieval"),
+    "unclip_prior": ("an unCLIP prior run", "configs/unclip/*-prior.yaml", _STACK),
+    "unclip_decoder": ("an unCLIP decoder run", "configs/unclip/*-decoder.yaml", _STACK),
+    "unclip_upsampler": ("an unCLIP upsampler run", "configs/unclip/*-upsampler.yaml", _STACK),
+    "gato": ("a GATO run", "configs/gato/*.yaml", "eval.control or eval.caption"),
+}
 
 
 def run_dir(path: Path) -> Path:
@@ -28,12 +38,30 @@ def run_dir(path: Path) -> Path:
     )
 
 
-def read_run_config(path: str | Path) -> dict[str, Any]:
-    """The resolved recipe a run was trained with, as a plain dict."""
+def read_run_config(path: str | Path, *, task: str | tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The resolved recipe a run was trained with, as a plain dict; with ``task``, only of a run of that task (or
+    of one of those tasks): a run of another family is a ConfigError that says what it is and what takes it."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"checkpoint {str(path)!r} does not exist")
-    return yaml.safe_load((run_dir(path) / "config.yaml").read_text())
+        raise ConfigError(f"checkpoint {str(path)!r} does not exist; pass a run directory, e.g. runs/vit-shapes")
+    cfg = load_yaml(run_dir(path) / "config.yaml")
+    tasks = (task,) if isinstance(task, str) else task
+    if tasks is not None and _task(cfg) not in tasks:
+        wanted = " or ".join(_RUN_KINDS[t][0] for t in tasks)
+        recipes = ", ".join(_RUN_KINDS[t][1] for t in tasks)
+        raise ConfigError(f"{path} is {describe_run(cfg)}, not {wanted}: pass a run of {recipes}")
+    return cfg
+
+
+def describe_run(cfg: dict[str, Any]) -> str:
+    """What a run is and what takes it, from its config: "an image-classifier run (model vit_x; for eval.classify)"."""
+    task = _task(cfg)
+    kind, _, use = _RUN_KINDS.get(task, (f"a {task!r} run", "", "no tool of this version"))
+    return f"{kind} (model {(cfg.get('model') or {}).get('name')}; for {use})"
+
+
+def _task(cfg: dict[str, Any]) -> str:
+    return (cfg.get("task") or {}).get("name", "classification")  # TaskConfig's default
 
 
 def run_weights(path: str | Path, *, ema: bool | None = None) -> Path:

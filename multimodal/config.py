@@ -6,16 +6,20 @@ a field typed ``dict[str, Any]`` holds free-form arguments (validated by whoever
 >>> cfg = TrainConfig.from_yaml("recipe.yaml", overrides=["optim.lr=3e-4"])   # doctest: +SKIP
 
 Every value is checked against its field's type. An unknown key or a wrong type raises
-:class:`ConfigError` naming the full dotted key and, for an unknown key, the nearest valid one.
+:class:`ConfigError` naming the full dotted key and, for an unknown key, the nearest valid one (in any section).
+So does what else a user can type: a float that is not finite, YAML that is not text, is malformed, nests past
+Python's recursion limit or holds an alias inside its own anchor.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
@@ -30,29 +34,38 @@ class ConfigError(ValueError):
     """A config key or value is wrong. The message names the key and what to do."""
 
 
-def suggest(key: str, valid: Iterable[str]) -> str:
-    """Return ``"; did you mean 'x'?"`` for the closest valid key, or ``""``."""
+def suggest(key: str, valid: Iterable[str], *, listed: Iterable[str] | None = None) -> str:
+    """Return ``"; did you mean 'x'?"`` for the closest valid key, else ``"; valid keys: ..."`` (``listed``, default
+    ``valid``)."""
     valid = list(valid)
     leaf = key.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-    if not close:  # the leaf may belong to another section: `lr` -> `optim.lr`
-        close = [v for v in valid if v.rsplit(".", 1)[-1] == leaf][:1]
+    close = [v for v in valid if v.rsplit(".", 1)[-1] == leaf][:1]  # a key of another section: `lr` -> `optim.lr`
+    if not close:
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     if not close:
         close = difflib.get_close_matches(leaf, valid, n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(listed or valid))}"
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with errors that name the file."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(
-            f"config file {str(path)!r} does not exist" + (" (it is a directory)" if path.is_dir() else "")
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.yaml"))
+        hint = (
+            f"one of its YAML files ({', '.join(inside[:6])})"
+            if inside
+            else "a YAML file, e.g. configs/vit/shapes.yaml"
         )
+        raise ConfigError(f"config file {str(path)!r} is a directory; pass {hint}")
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; pass a YAML file, e.g. configs/vit/shapes.yaml")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = _safe_load(path.read_text(), str(path))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text, so not a YAML file; pass a .yaml recipe or card") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(e)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -72,10 +85,41 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _safe_load(raw, f"the override of {key!r}") if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
+
+
+def _safe_load(text: str, what: str) -> Any:
+    """``yaml.safe_load``, refusing what the config code cannot walk: nesting past Python's recursion limit and
+    aliases that refer to themselves (``&a [*a]``)."""
+    try:
+        value = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{what} nests too deeply; configs are a few levels of mappings and lists") from None
+    except ValueError as e:  # a value PyYAML's constructors refuse, e.g. an int of more than 4,300 digits
+        raise ConfigError(f"{what} holds a value that cannot be read: {e}") from None
+    if not _acyclic(value):
+        raise ConfigError(f"{what} holds a YAML alias inside its own anchor (&a [*a]); write the value out")
+    return value
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (the parser's own message spans several)."""
+    problem, mark = getattr(e, "problem", None), getattr(e, "problem_mark", None)
+    if problem is None:
+        return " ".join(str(e).split())
+    return f"{problem}" + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
+
+
+def _acyclic(node: Any, parents: tuple[int, ...] = ()) -> bool:
+    if not isinstance(node, (dict, list)):
+        return True
+    if id(node) in parents:
+        return False
+    children = node.values() if isinstance(node, dict) else node
+    return all(_acyclic(child, (*parents, id(node))) for child in children)
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -104,19 +148,22 @@ class Config:
     """Base of every config: typed construction from dicts, YAML and overrides; ``replace``; ``to_dict``."""
 
     @classmethod
-    def from_dict(cls: type[C], data: Mapping[str, Any] | None, *, prefix: str = "") -> C:
-        """Build from a nested mapping, checking every key and type."""
+    def from_dict(cls: type[C], data: Mapping[str, Any] | None, *, prefix: str = "", known: Sequence[str] = ()) -> C:
+        """Build from a nested mapping, checking every key and type. ``known``: every valid dotted key of the whole
+        config (a section is given its root's), for suggesting the right section of a misplaced key."""
         data = dict(data or {})
         if not isinstance(data, dict):
             raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        here = [prefix + name for name in fields] + _nested_keys(cls, prefix)
+        known = known or here
         for key in data:
             if key not in fields:
                 full = prefix + str(key)
-                valid = [prefix + name for name in fields] + _nested_keys(cls, prefix)
-                raise ConfigError(f"unknown config key '{full}'{suggest(full, valid)}")
-        kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in data.items()}
+                others = [k for k in known if not full.startswith(k + ".")]  # not the key's own sections
+                raise ConfigError(f"unknown config key {full!r}{suggest(full, others, listed=here)}")
+        kwargs = {name: _coerce(value, hints[name], prefix + name, known) for name, value in data.items()}
         try:
             return cls(**kwargs)
         except TypeError as e:  # a required field is missing
@@ -196,7 +243,7 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
+def _coerce(value: Any, tp: Any, key: str, known: Sequence[str] = ()) -> Any:
     """Check ``value`` against the annotation ``tp``; parse strings for numeric and bool fields."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -210,11 +257,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, key)
+                return _coerce(value, arg, key, known)
             except ConfigError:
                 continue
         names = " or ".join(_type_name(a) for a in args)
-        raise ConfigError(f"config key '{key}' expects {names}, got {value!r}")
+        raise ConfigError(f"config key {key!r} expects {names}, got {value!r}")
     if origin is typing.Literal:
         if isinstance(value, bool):  # YAML 1.1 reads an unquoted no/off/yes/on as a bool: take the word back
             words = [a for a in args if isinstance(a, str) and a.lower() in _YAML_BOOL_WORDS[value]]
@@ -224,27 +271,27 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"config key '{key}' must be one of {', '.join(map(repr, args))}, got {value!r}{hint}")
+        raise ConfigError(f"config key {key!r} must be one of {', '.join(map(repr, args))}, got {value!r}{hint}")
     if isinstance(tp, type) and issubclass(tp, Config):
         if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):
-            raise ConfigError(f"config key '{key}' is a section; give it a mapping, got {value!r}")
-        return tp.from_dict(value, prefix=key + ".")
+            raise ConfigError(f"config key {key!r} is a section; give it a mapping, got {value!r}")
+        return tp.from_dict(value, prefix=key + ".", known=known)
     if origin in (list, tuple):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
+            raise ConfigError(f"config key {key!r} expects a list, got {value!r}")
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
-                raise ConfigError(f"config key '{key}' expects {len(args)} values, got {len(value)}")
+                raise ConfigError(f"config key {key!r} expects {len(args)} values, got {len(value)}")
             return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
         item = args[0] if args else Any
         return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
     if origin is dict or tp is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"config key '{key}' expects a mapping, got {value!r}")
+            raise ConfigError(f"config key {key!r} expects a mapping, got {value!r}")
         if len(args) == 2:
             return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
         return dict(value)
@@ -253,7 +300,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
             return value.lower() in ("true", "yes", "on", "1")
-        raise ConfigError(f"config key '{key}' expects true or false, got {value!r}")
+        raise ConfigError(f"config key {key!r} expects true or false, got {value!r}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -264,24 +311,25 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return int(value.replace("_", ""))
             except ValueError:
                 pass
-        raise ConfigError(f"config key '{key}' expects an integer, got {value!r}")
+        raise ConfigError(f"config key {key!r} expects an integer, got {value!r}")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"config key '{key}' expects a number, got {value!r}")
+        number = None
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):  # PyYAML reads 1e-3 as a string
+            with contextlib.suppress(ValueError, OverflowError):  # OverflowError: an int past float's range
+                number = float(value)
+        if number is None:
+            raise ConfigError(f"config key {key!r} expects a number, got {value!r}")
+        if not math.isfinite(number):
+            raise ConfigError(f"config key {key!r} expects a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"config key '{key}' expects a string, got {value!r}")
+        raise ConfigError(f"config key {key!r} expects a string, got {value!r}")
     if isinstance(tp, type):
         if isinstance(value, tp):
             return value
-        raise ConfigError(f"config key '{key}' expects {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"config key {key!r} expects {_type_name(tp)}, got {value!r}")
     return value

@@ -16,10 +16,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .checkpoint import describe_run, read_run_config
+from .cli import run_cli
 from .config import ConfigError
 from .models.diffusion import SAMPLERS
+from .tokenizers import check_prompts
 
 __all__ = ["load_pipeline", "main", "make_grid"]
+
+_WANTED = "an unCLIP run root (the folder holding prior/ and decoder/ runs) or a saved pipeline (model_index.json)"
 
 
 def load_pipeline(checkpoint: str | Path, *, sampler: str = "dpmsolver++", decoder: str | Path | None = None):
@@ -29,7 +34,9 @@ def load_pipeline(checkpoint: str | Path, *, sampler: str = "dpmsolver++", decod
 
     path = Path(checkpoint)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; pass {_WANTED}")
+    if (path / "config.yaml").is_file():  # one training run, not the folder of an unCLIP stack
+        raise ConfigError(f"{path} is {describe_run(read_run_config(path))}, not {_WANTED}")
     if (path / "model_index.json").is_file():
         if decoder is not None:
             raise ValueError("decoder= applies to an unCLIP run root, not to a saved pipeline")
@@ -57,6 +64,37 @@ def save_atomic(image: Image.Image, path: Path) -> None:
     tmp.replace(path)
 
 
+def run(args: argparse.Namespace) -> None:
+    """Check the arguments (prompts first: a bad one fails before anything loads), generate, and write the grid."""
+    check_prompts(args.prompts)
+    out = Path(args.out)
+    if args.n < 1 or args.steps < 1:
+        raise ValueError("--n and --steps must be >= 1")
+    if args.cell is not None and args.cell < 1:
+        raise ValueError(f"--cell must be >= 1 pixels, got {args.cell}")
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise ValueError(f"--out must end in .png, .jpg or .jpeg, got {str(out)!r}")
+    pipe = load_pipeline(args.checkpoint, sampler=args.sampler).to(args.device)
+    images = pipe(
+        args.prompts,
+        num_images_per_prompt=args.n,
+        prior_guidance_scale=args.prior_guidance,
+        decoder_guidance_scale=args.decoder_guidance,
+        num_inference_steps=args.steps,
+        upsample=not args.no_upsample,
+        generator=torch.Generator().manual_seed(args.seed),
+    ).images
+    size = images[0].size[0]
+    if args.cell is not None:
+        images = [im.resize((args.cell, args.cell), Image.Resampling.NEAREST) for im in images]
+    save_atomic(make_grid(images, columns=args.n), out)
+    shown = f", shown at {args.cell} px" if args.cell is not None else ""
+    print(f"wrote {out}: {len(args.prompts)} prompt(s) x {args.n} images of {size} px{shown}")
+    if args.save:
+        pipe.save_pretrained(args.save)
+        print(f"saved the pipeline to {args.save}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m multimodal.generate", description=__doc__.splitlines()[0])
     parser.add_argument("prompts", nargs="+", help="one or more text prompts")
@@ -72,38 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cell", type=int, help="show each image at this many pixels in the grid (nearest-neighbour)")
     parser.add_argument("--save", help="also save the assembled pipeline here (save_pretrained)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    try:
-        if args.n < 1 or args.steps < 1:
-            raise ValueError("--n and --steps must be >= 1")
-        if args.cell is not None and args.cell < 1:
-            raise ValueError(f"--cell must be >= 1 pixels, got {args.cell}")
-        if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-            raise ValueError(f"--out must end in .png, .jpg or .jpeg, got {str(out)!r}")
-        pipe = load_pipeline(args.checkpoint, sampler=args.sampler).to(args.device)
-        images = pipe(
-            args.prompts,
-            num_images_per_prompt=args.n,
-            prior_guidance_scale=args.prior_guidance,
-            decoder_guidance_scale=args.decoder_guidance,
-            num_inference_steps=args.steps,
-            upsample=not args.no_upsample,
-            generator=torch.Generator().manual_seed(args.seed),
-        ).images
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    size = images[0].size[0]
-    if args.cell is not None:
-        images = [im.resize((args.cell, args.cell), Image.Resampling.NEAREST) for im in images]
-    save_atomic(make_grid(images, columns=args.n), out)
-    shown = f", shown at {args.cell} px" if args.cell is not None else ""
-    print(f"wrote {out}: {len(args.prompts)} prompt(s) x {args.n} images of {size} px{shown}")
-    if args.save:
-        pipe.save_pretrained(args.save)
-        print(f"saved the pipeline to {args.save}")
-    return 0
+    return run_cli(run, parser, argv)
 
 
 if __name__ == "__main__":

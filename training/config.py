@@ -148,5 +148,5 @@ class TrainConfig(Config):
         except ConfigError as e:
             message = str(e).replace("config key '", "config key 'model.args.").replace("mean '", "mean 'model.args.")
             raise ConfigError(message) from None
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, ArithmeticError, RuntimeError) as e:  # torch refusing a size, e.g. dim=-1
             raise ConfigError(f"model {self.model.name!r} with args {self.model.args}: {e}") from None

@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from multimodal.cli import USER_ERRORS
 from multimodal.config import ConfigError
 from multimodal.data import SkipStats
 
@@ -85,6 +86,8 @@ def load_config(recipe: str | Path, overrides: list[str]) -> TrainConfig:
     cfg = TrainConfig.load(recipe, overrides)
     cfg = build_task(cfg).resolve()
     cfg.check_model()
+    if cfg.run_dir.exists() and not cfg.run_dir.is_dir():
+        raise ConfigError(f"run directory {cfg.run_dir} is a file; choose another run.name or run.out_dir")
     resume_checkpoint(cfg)
     return cfg
 
@@ -524,9 +527,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.recipe, args.overrides)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except USER_ERRORS as e:
         if int(os.environ.get("RANK", "0")) == 0:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {' '.join(str(e).splitlines())}", file=sys.stderr)
         return 2
     try:
         train(cfg)

@@ -60,6 +60,8 @@ class VitConfig(Config):
     grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
+        if self.patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
         if self.img_size % self.patch_size:
             raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
         if self.pool == "token" and not self.class_token:

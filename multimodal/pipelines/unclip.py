@@ -192,10 +192,11 @@ class UnclipPipeline(DiffusionPipeline):
             if paths[name] is None:
                 where = f"{root}/{name}" if root is not None else f"{name}="
                 raise ValueError(f"no {name} run: train configs/unclip/*-{name}.yaml first (looked for {where})")
-        clip = clip or read_run_config(paths["prior"]).get("task", {}).get("clip")
+        configs = {k: read_run_config(p, task=f"unclip_{k}") for k, p in paths.items() if p is not None}
+        clip = clip or configs["prior"].get("task", {}).get("clip")
         if clip is None:
             raise ValueError(f"the prior run {paths['prior']} names no CLIP run (task.clip); pass clip=")
-        clip_cfg = read_run_config(clip)
+        clip_cfg = read_run_config(clip, task="clip")
         encoder = ClipEncoder(
             model=clip_cfg["model"]["name"],
             model_args=clip_cfg["model"].get("args") or {},
@@ -210,11 +211,12 @@ class UnclipPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def encode_prompt(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
-        """Prompts -> CLIP text embeddings (B, E), per-token encodings (B, L, W) and padding masks (B, L)."""
-        if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
-            raise ValueError(f"prompts must be a non-empty list of non-empty strings, got {prompts!r}")
-        tokens = ClipTokenizer(context_length=self.clip.context_length)(list(prompts)).to(self._execution_device)
-        return self.clip.encode_text(tokens)
+        """Prompts -> CLIP text embeddings (B, E), per-token encodings (B, L, W) and padding masks (B, L).
+
+        A bad prompt (empty, blank, control characters) is a ValueError; one longer than the CLIP's context is cut,
+        with a warning."""
+        tokens = ClipTokenizer(context_length=self.clip.context_length).encode_prompts(prompts)
+        return self.clip.encode_text(tokens.to(self._execution_device))
 
     @torch.no_grad()
     def image_embeddings(self, images: Sequence[Image.Image] | Tensor) -> Tensor:

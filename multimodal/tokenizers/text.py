@@ -6,6 +6,10 @@ kept position set to ``eot``, exactly as ``open_clip.tokenize``. Only the start 
 :func:`_encode_head`): byte-pair encoding takes time quadratic in a word's length, and a 10,000-letter "word" in a
 scraped caption would otherwise hold a data-loader worker for seconds.
 
+Prompts typed by a user go through :func:`check_prompts` (by way of :meth:`ClipTokenizer.encode_prompts`): an empty
+or blank prompt, one holding control characters, or one the encoder reads nothing of is a ``ValueError`` naming it;
+one longer than the context is cut with a warning that says what was dropped.
+
 :class:`SubsetTokenizer` is the same byte-pair encoding restricted to the tokens a corpus uses, renumbered from 0: a
 model over a closed corpus (templated captions) then needs a token table and an output projection of a few hundred
 rows instead of 49,408.
@@ -14,13 +18,15 @@ rows instead of 49,408.
 from __future__ import annotations
 
 import functools
+import unicodedata
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-__all__ = ["ClipTokenizer", "SubsetTokenizer"]
+__all__ = ["ClipTokenizer", "SubsetTokenizer", "check_prompts"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -48,6 +54,38 @@ def _encode_head(text: str, context_length: int) -> list[int]:
             return ids
         size *= 2
     return _bpe().encode(text)
+
+
+def check_prompts(prompts: str | Sequence[str]) -> list[str]:
+    """Text prompts from a user, as a list: a ``ValueError`` names the first that is not a string, is empty or only
+    whitespace, holds a control character (or an undecodable byte) or has nothing the byte-pair encoder reads."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, Sequence) or not prompts:
+        raise ValueError(f"no prompts given; pass at least one text prompt, e.g. 'a red circle' (got {prompts!r})")
+    for i, text in enumerate(prompts, 1):
+        if not isinstance(text, str):
+            raise ValueError(f"prompt {i} is not a string: {text!r}")
+        if not text.strip():
+            what = "empty" if not text else f"only whitespace ({_shown(text)})"
+            raise ValueError(f"prompt {i} is {what}; give it some words, e.g. 'a red circle'")
+        bad = next(
+            (j for j, ch in enumerate(text) if unicodedata.category(ch) in ("Cc", "Cs") and not ch.isspace()), None
+        )
+        if bad is not None:
+            what = "an undecodable byte" if unicodedata.category(text[bad]) == "Cs" else "a control character"
+            raise ValueError(f"prompt {i} ({_shown(text)}) holds {what}, {text[bad]!r}, at position {bad}; remove it")
+        if not _encode_head(text, 1):
+            raise ValueError(
+                f"prompt {i} ({_shown(text)}) has no words the tokenizer reads; give it some, e.g. 'a red circle'"
+            )
+    return list(prompts)
+
+
+def _shown(text: str, limit: int = 50) -> str:
+    """``repr(text)`` cut to about ``limit`` characters: one line, control characters escaped."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else f"{shown[: limit - 4]}...{shown[-1]}"
 
 
 class ClipTokenizer:
@@ -89,6 +127,21 @@ class ClipTokenizer:
             ids[-1] = bpe.eot_token_id  # a text cut short still ends with eot
             out[i, : len(ids)] = torch.tensor(ids)
         return out
+
+    def encode_prompts(self, prompts: str | Sequence[str]) -> Tensor:
+        """User prompts, checked by :func:`check_prompts`, -> LongTensor (N, context_length); a prompt longer than the
+        context is cut as by ``__call__``, with a warning that names it and says what was dropped."""
+        prompts = check_prompts(prompts)
+        room = self.context_length - 2  # start and end take two positions
+        for i, text in enumerate(prompts, 1):
+            ids = _encode_head(text, self.context_length)
+            if len(ids) > room:
+                warnings.warn(
+                    f"prompt {i} ({_shown(text)}) is longer than the {room} tokens the text encoder reads; "
+                    f"it was cut before {_shown(_bpe().decode(ids[room:]).strip())}",
+                    stacklevel=2,
+                )
+        return self(prompts)
 
     def encode(self, text: str) -> list[int]:
         """The BPE ids of ``text``, without start, end or padding."""

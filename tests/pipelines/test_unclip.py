@@ -114,7 +114,7 @@ def test_mismatched_stages_are_a_clear_error():
 
 def test_bad_prompts_are_clear_errors():
     pipe = tiny_pipeline()
-    with pytest.raises(ValueError, match="non-empty"):
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
         pipe([""], num_inference_steps=2)
     with pytest.raises(ValueError, match="num_images_per_prompt"):
         pipe("a red circle", num_images_per_prompt=0)

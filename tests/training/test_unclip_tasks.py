@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 from multimodal.data import load_card
 from multimodal.data.embeddings import ClipEmbeddings
-from tests.conftest import REPO, tiny_recipe
-from tests.training.test_clip_task import _train, clip_recipe
+from tests.conftest import REPO, tiny_recipe, train_recipe
+from tests.training.test_clip_task import clip_recipe
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +24,10 @@ def stack(tiny_shapes, tmp_path_factory):
     root = tmp_path_factory.mktemp("unclip")
     tmp = root / "recipes"
     tmp.mkdir()
-    _train(tmp, clip_recipe(tiny_shapes, root / "clip", train={"steps": 4, "checkpoint_every": 0}))
-    _train(tmp, prior_recipe(tiny_shapes, root, steps=4))
-    _train(tmp, decoder_recipe(tiny_shapes, root))
-    _train(tmp, upsampler_recipe(tiny_shapes, root))
+    train_recipe(tmp, clip_recipe(tiny_shapes, root / "clip", train={"steps": 4, "checkpoint_every": 0}))
+    train_recipe(tmp, prior_recipe(tiny_shapes, root, steps=4))
+    train_recipe(tmp, decoder_recipe(tiny_shapes, root))
+    train_recipe(tmp, upsampler_recipe(tiny_shapes, root))
     return root
 
 
@@ -82,9 +82,9 @@ def test_stages_train_and_evaluate(stack, tiny_shapes):
 
 
 def test_prior_resumes_exactly(stack, tiny_shapes, tmp_path):
-    straight = _train(tmp_path, prior_recipe(tiny_shapes, stack, steps=4, out="p-straight"))
-    _train(tmp_path, prior_recipe(tiny_shapes, stack, steps=4, out="p-resumed", stop_at=2))
-    resumed = _train(tmp_path, prior_recipe(tiny_shapes, stack, steps=4, out="p-resumed"), ["resume=latest"])
+    straight = train_recipe(tmp_path, prior_recipe(tiny_shapes, stack, steps=4, out="p-straight"))
+    train_recipe(tmp_path, prior_recipe(tiny_shapes, stack, steps=4, out="p-resumed", stop_at=2))
+    resumed = train_recipe(tmp_path, prior_recipe(tiny_shapes, stack, steps=4, out="p-resumed"), ["resume=latest"])
     assert straight["step"] == resumed["step"] == 4
     a, b = load_file(stack / "p-straight" / "model.safetensors"), load_file(stack / "p-resumed" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -94,11 +94,11 @@ def test_missing_or_mismatched_clip_is_a_clear_error(stack, tiny_shapes, tmp_pat
     recipe = prior_recipe(tiny_shapes, stack, steps=2, out="p-bad")
     recipe["task"]["clip"] = str(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="not a CLIP run directory"):
-        _train(tmp_path, recipe)
+        train_recipe(tmp_path, recipe)
     recipe = prior_recipe(tiny_shapes, stack, steps=2, out="p-bad2")
     recipe["model"]["args"]["embed_dim"] = 64
     with pytest.raises(ValueError, match=r"model\.args\.embed_dim=32"):
-        _train(tmp_path, recipe)
+        train_recipe(tmp_path, recipe)
 
 
 def test_cache_is_rebuilt_when_the_clip_changes(stack, tiny_shapes):
@@ -147,7 +147,7 @@ def test_eval_generation_reports_every_metric(stack, tiny_shapes, tmp_path):
     from multimodal.generate import load_pipeline
 
     judge_recipe = tiny_recipe(tiny_shapes, stack / "judge", train={"steps": 2, "checkpoint_every": 0})
-    _train(tmp_path, judge_recipe)
+    train_recipe(tmp_path, judge_recipe)
     pipe = load_pipeline(stack)
     results = evaluate_generation(pipe, Judge(stack / "judge"), n=1, steps=2, dataset=str(tiny_shapes),
                                   real_images=64, grid_dir=tmp_path)  # fmt: skip

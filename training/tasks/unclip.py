@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torchvision.utils import save_image
 
 from multimodal import load_checkpoint
+from multimodal.checkpoint import read_run_config
 from multimodal.data import SampleDecoder, SkipStats, collate, ensure_dataset, load_card
 from multimodal.data.embeddings import ClipEmbeddings, cached_clip_embeddings
 
@@ -52,6 +53,7 @@ class _ClipConditioned(Task):
                 f"task.clip={cfg.task.clip!r} is not a CLIP run directory (no config.yaml); train the CLIP first "
                 "(configs/clip/shapes.yaml for the shapes recipes) or point task.clip at its run"
             )
+        read_run_config(cfg.task.clip, task="clip")  # a run of another family is a clear error here
         self.card = load_card(cfg.data.dataset)
         if self.card.format == "folder":
             raise ValueError(f"unCLIP needs captions; {self.card.name} is an image folder without any")
