@@ -44,8 +44,8 @@ demo-vit: setup
 test: setup
 	$(PY) -m pytest -q -m "not slow"
 
-test-slow: setup  # pytest exits 5 when no test carries the mark yet
-	$(PY) -m pytest -q -m slow || test $$? -eq 5
+test-slow: setup  # the long fault-injection runs (many random SIGKILLs, accelerate launch losing a worker)
+	$(PY) -m pytest -q -m slow
 
 lint: setup
 	$(VENV)/bin/ruff format --check .
