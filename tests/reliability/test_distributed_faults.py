@@ -88,7 +88,7 @@ def test_the_survivor_exits_with_a_clear_error_when_its_peer_dies(tiny_shapes, t
 
 
 @pytest.mark.slow
-def test_accelerate_launch_ends_in_bounded_time_when_a_worker_dies(tiny_shapes, tmp_path):
+def test_accelerate_launch_ends_in_bounded_time_when_a_worker_dies(tiny_shapes, tmp_path, faults):
     recipe = _long_recipe(tiny_shapes, tmp_path)
     accelerate = str(Path(sys.executable).with_name("accelerate"))
     launcher = subprocess.Popen(
@@ -110,6 +110,7 @@ def test_accelerate_launch_ends_in_bounded_time_when_a_worker_dies(tiny_shapes, 
             launcher.kill()
             launcher.communicate()
     assert launcher.returncode != 0 and waited < BOUND_S, err[-3000:]
+    faults("one of two `accelerate launch` workers SIGKILLed", f"the launch exited non-zero in {waited:.1f} s")
 
 
 def _worker_pid(launcher: int, rank: int) -> int:
