@@ -13,6 +13,7 @@ import math
 import os
 import pickle
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -144,6 +145,19 @@ def restore_checkpoint(
             f"cannot resume from {checkpoint}: it is damaged or belongs to another model or recipe "
             f"({type(e).__name__}: {detail}); resume from another checkpoint (resume=<folder>) or start afresh"
         ) from None
+
+
+def _clear_run(run_dir: Path) -> None:
+    """What an earlier run left in ``run_dir`` (``run.overwrite=true``): its checkpoints, which ``resume=latest``
+    would otherwise find, its weights, metrics, results and sample keys. TensorBoard logs stay."""
+    for name in ("metrics.jsonl", "results.json", "model.safetensors", "model_ema.safetensors"):
+        (run_dir / name).unlink(missing_ok=True)
+    for name in ("checkpoints", "keys"):
+        if (run_dir / name).is_dir():  # renamed first: a crash midway leaves no half-deleted step-N folder
+            doomed = run_dir / f".del-{name}"
+            shutil.rmtree(doomed, ignore_errors=True)
+            os.rename(run_dir / name, doomed)
+            shutil.rmtree(doomed)
 
 
 def _warn_ignored_num_processes() -> None:
@@ -288,7 +302,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
         if resume_from is None and cfg.run.overwrite:
-            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            _clear_run(run_dir)
     set_seed(cfg.run.seed)
     task = build_task(cfg, acc)
     with acc.main_process_first():

@@ -125,6 +125,22 @@ def test_existing_run_is_not_overwritten(tiny_shapes, tmp_path):
         _train(tmp_path, recipe)
 
 
+def test_overwrite_starts_afresh_without_the_old_runs_checkpoints(tiny_shapes, tmp_path, capsys):
+    _train(tmp_path, tiny_recipe(tiny_shapes, tmp_path / "run", train={"steps": 8, "record_keys": True}))
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [4, 8]
+    again = tiny_recipe(tiny_shapes, tmp_path / "run", train={"steps": 6, "stop_at": 2, "checkpoint_every": 2})
+    _train(tmp_path, again, ["run.overwrite=true"])
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [2]  # not the old run's step 8
+    assert not (tmp_path / "run" / "keys").exists()
+    assert [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [
+        2, 2
+    ]  # fmt: skip
+    capsys.readouterr()
+    again["train"].pop("stop_at")
+    assert _train(tmp_path, again, ["resume=latest"])["step"] == 6
+    assert f"resumed from {tmp_path / 'run' / 'checkpoints' / 'step-00000002'} at step 2" in capsys.readouterr().out
+
+
 def test_truncated_shard_run_finishes_and_reports_it(tiny_shapes, tmp_path):
     card = yaml.safe_load(tiny_shapes.read_text())
     data = tmp_path / "data"
