@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["USER_ERRORS", "run_cli"]
+__all__ = ["USER_ERRORS", "one_line", "run_cli"]
 
 # What bad input raises: ValueError (ConfigError is one) for wrong values, OSError for paths (missing, a directory
 # where a file belongs, no permission, a full disk). Anything else is a bug and keeps its traceback.
@@ -32,12 +32,12 @@ def run_cli(run: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentP
                 raise IsADirectoryError(f"--out {out} is a directory; give a file path inside it")
             run(args)
         except USER_ERRORS as e:
-            print(f"error: {_one_line(e)}", file=sys.stderr)
+            print(f"error: {one_line(e)}", file=sys.stderr)
             return 2
     return 0
 
 
-def _one_line(e: Exception | Warning | str) -> str:
+def one_line(e: Exception | Warning | str) -> str:
     """A message's lines joined by spaces (a third-party message may span several)."""
     return " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
 
@@ -46,4 +46,4 @@ def _one_line_warning(
     message: Warning | str, category: type[Warning], filename: str, lineno: int, file: TextIO | None = None, line=None
 ) -> None:
     """``warnings.showwarning`` for a command line: ``warning: message`` without the source location."""
-    print(f"warning: {_one_line(message)}", file=file or sys.stderr)
+    print(f"warning: {one_line(message)}", file=file or sys.stderr)

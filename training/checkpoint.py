@@ -23,12 +23,15 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 
+from multimodal.cli import one_line
+
 __all__ = [
     "CheckpointError",
     "atomic_write_text",
     "find_latest",
     "list_checkpoints",
     "load_state",
+    "remove_folder",
     "save_checkpoint",
     "save_weights",
 ]
@@ -141,7 +144,7 @@ def save_checkpoint(
         _fsync_dir(root)
         shutil.rmtree(stale, ignore_errors=True)
         for _, old in list_checkpoints(run_dir)[:-keep]:
-            _remove(old)
+            remove_folder(old)
         try:
             for name in ("model.safetensors", "model_ema.safetensors"):
                 if (final / name).exists():
@@ -178,7 +181,7 @@ def load_state(checkpoint: Path) -> dict[str, Any]:
 def _describe(error: Exception) -> str:
     if isinstance(error, OSError) and error.strerror:
         return f"{error.strerror} ({error.filename})" if error.filename else error.strerror
-    return " ".join(str(error).split())[:300]
+    return one_line(error)[:300]
 
 
 def _failed_anywhere(acc: Accelerator, failed: bool) -> bool:
@@ -189,9 +192,11 @@ def _failed_anywhere(acc: Accelerator, failed: bool) -> bool:
     return bool(acc.reduce(flag, reduction="sum").item())
 
 
-def _remove(folder: Path) -> None:
-    """Delete a checkpoint so that a crash midway never leaves a ``step-N`` folder with files missing."""
+def remove_folder(folder: Path) -> None:
+    """Delete ``folder`` by renaming it to ``.del-<name>`` first, so that a crash midway never leaves a folder of
+    that name with files missing (a ``step-N`` checkpoint, say); the next save sweeps the remains."""
     doomed = folder.with_name(f".del-{folder.name}")
+    shutil.rmtree(doomed, ignore_errors=True)  # what an earlier crash left
     os.rename(folder, doomed)
     shutil.rmtree(doomed, ignore_errors=True)
 

@@ -13,7 +13,6 @@ import math
 import os
 import pickle
 import re
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,11 +27,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from multimodal.cli import USER_ERRORS
+from multimodal.cli import USER_ERRORS, one_line
 from multimodal.config import ConfigError
 from multimodal.data import SkipStats
 
-from .checkpoint import CheckpointError, atomic_write_text, find_latest, load_state, save_checkpoint
+from .checkpoint import CheckpointError, atomic_write_text, find_latest, load_state, remove_folder, save_checkpoint
 from .config import TrainConfig
 from .ema import ModelEma
 from .optim import build_optimizer, build_scheduler
@@ -130,7 +129,7 @@ def restore_checkpoint(
         scheduler.load_state_dict(saved["scheduler"])
         if ema is not None:
             ema.module.load_state_dict(load_file(checkpoint / "model_ema.safetensors"))
-            ema.num_updates = int(saved.get("ema_updates", 1 << 30))  # older checkpoints: past any warmup
+            ema.num_updates = int(saved["ema_updates"])
     except CheckpointError:
         raise
     except pickle.UnpicklingError as e:
@@ -140,10 +139,10 @@ def restore_checkpoint(
             f"which could run code ({reason[:200]}); resume only from checkpoints you trust"
         ) from None
     except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as e:
-        detail = " ".join(str(e).split())[:300]
         raise CheckpointError(
             f"cannot resume from {checkpoint}: it is damaged or belongs to another model or recipe "
-            f"({type(e).__name__}: {detail}); resume from another checkpoint (resume=<folder>) or start afresh"
+            f"({type(e).__name__}: {one_line(e)[:300]}); resume from another checkpoint (resume=<folder>) "
+            "or start afresh"
         ) from None
 
 
@@ -153,11 +152,8 @@ def _clear_run(run_dir: Path) -> None:
     for name in ("metrics.jsonl", "results.json", "model.safetensors", "model_ema.safetensors"):
         (run_dir / name).unlink(missing_ok=True)
     for name in ("checkpoints", "keys"):
-        if (run_dir / name).is_dir():  # renamed first: a crash midway leaves no half-deleted step-N folder
-            doomed = run_dir / f".del-{name}"
-            shutil.rmtree(doomed, ignore_errors=True)
-            os.rename(run_dir / name, doomed)
-            shutil.rmtree(doomed)
+        if (run_dir / name).is_dir():
+            remove_folder(run_dir / name)
 
 
 def _warn_ignored_num_processes() -> None:
@@ -393,6 +389,19 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         last_eval_step = state.step
         return out
 
+    def next_batch() -> dict[str, Any]:
+        """The next batch with a usable sample; one whose every sample was unusable is counted and passed over."""
+        for _ in range(MAX_EMPTY_BATCHES):
+            batch = next(batches)
+            state.batches[rank] += 1
+            skips.update(batch.pop("skipped"))
+            if batch["size"]:
+                return batch
+        raise TrainingError(
+            f"{MAX_EMPTY_BATCHES} batches in a row held no usable sample; the data cannot be read as this recipe "
+            f"expects: {one_line(skips.summary())[:400]}. Check data.dataset and the card's image and text keys"
+        )
+
     keys_file = None
     if cfg.train.record_keys:
         (run_dir / "keys").mkdir(parents=True, exist_ok=True)
@@ -407,21 +416,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             fault = None
             stats_before = [b.clone() for b in running_stats]
             for _ in range(cfg.optim.accum):
-                batch = next(batches)
-                state.batches[rank] += 1
-                skips.update(batch.pop("skipped"))
-                empty = 0
-                while not batch["size"]:  # every sample of the batch was unusable: take the next one
-                    empty += 1
-                    if empty == MAX_EMPTY_BATCHES:
-                        raise TrainingError(
-                            f"{empty} batches in a row held no usable sample; the data cannot be read as this "
-                            f"recipe expects: {' '.join(skips.summary().split())[:400]}. Check data.dataset and "
-                            "the card's image and text keys"
-                        )
-                    batch = next(batches)
-                    state.batches[rank] += 1
-                    skips.update(batch.pop("skipped"))
+                batch = next_batch()
                 if keys_file is not None:
                     keys_file.write("".join(f"{state.step}\t{k}\n" for k in batch["key"]))
                 batch = {k: v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -543,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.recipe, args.overrides)
     except USER_ERRORS as e:
         if int(os.environ.get("RANK", "0")) == 0:
-            print(f"error: {' '.join(str(e).splitlines())}", file=sys.stderr)
+            print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     try:
         train(cfg)

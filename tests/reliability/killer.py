@@ -86,7 +86,7 @@ def arm(point: str, n: int) -> None:
 
         checkpoint.os.rename = die_before_rename
     elif point == "remove":
-        remove = checkpoint._remove
+        remove = checkpoint.remove_folder
 
         def half_removed(folder: Path) -> None:
             if not reached():
@@ -96,7 +96,7 @@ def arm(point: str, n: int) -> None:
             shutil.rmtree(doomed / "accelerator")
             _die()
 
-        checkpoint._remove = half_removed
+        checkpoint.remove_folder = half_removed
     elif point == "copy":
         copyfile = shutil.copyfile
 
