@@ -7,13 +7,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["USER_ERRORS", "one_line", "run_cli"]
+__all__ = ["USER_ERRORS", "add_threads_argument", "busy_cores", "configure_threads", "one_line", "run_cli"]
 
 # What bad input raises: ValueError (ConfigError is one) for wrong values, OSError for paths (missing, a directory
 # where a file belongs, no permission, a full disk). Anything else is a bug and keeps its traceback.
@@ -27,6 +29,8 @@ def run_cli(run: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentP
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warning
         try:
+            if hasattr(args, "threads"):
+                configure_threads(args.threads)
             out = getattr(args, "out", None)
             if out is not None and Path(out).is_dir():
                 raise IsADirectoryError(f"--out {out} is a directory; give a file path inside it")
@@ -47,3 +51,73 @@ def _one_line_warning(
 ) -> None:
     """``warnings.showwarning`` for a command line: ``warning: message`` without the source location."""
     print(f"warning: {one_line(message)}", file=file or sys.stderr)
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads N|auto``: the CPU threads PyTorch computes with (see :func:`configure_threads`)."""
+    parser.add_argument(
+        "--threads",
+        type=_threads,
+        default=0,
+        metavar="N|auto",
+        help="CPU threads for PyTorch; auto (0) takes the cores no other job is using right now, so a busy shared "
+        "machine does not slow the work down by oversubscription; OMP_NUM_THREADS, when set, wins over auto",
+    )
+
+
+def _threads(text: str) -> int:
+    if text == "auto":
+        return 0
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of threads or 'auto', got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of threads >= 1 or 'auto', got {n}")
+    return n
+
+
+def configure_threads(threads: int) -> int:
+    """Set PyTorch's CPU threads and return how many: ``threads`` if >= 1; with 0 (auto), ``OMP_NUM_THREADS`` if set,
+    else the cores of this process's CPU set that no other job is busy on (at least 1).
+
+    PyTorch's own default is every core, which on a machine another job shares oversubscribes them: spinning OpenMP
+    threads wait on each other, and a run can take several times longer than with fewer threads."""
+    import torch
+
+    if threads < 0:
+        raise ValueError(f"threads must be >= 1, or 0 for auto, got {threads}")
+    if threads == 0:
+        if os.environ.get("OMP_NUM_THREADS", "").strip():
+            return torch.get_num_threads()
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cores - round(busy_cores()))
+        if threads < cores:
+            print(
+                f"note: {cores - threads} of {cores} cores busy with other work; computing with {threads} thread(s) "
+                "(--threads N or train.threads=N to choose)",
+                file=sys.stderr,
+            )
+    torch.set_num_threads(threads)
+    return threads
+
+
+def busy_cores(seconds: float = 0.25) -> float:
+    """How many cores other processes keep busy now: non-idle CPU time over ``seconds``, from /proc/stat (0 where
+    it cannot be read). This process sleeps meanwhile, so it does not count itself."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    cores = os.cpu_count() or 1
+    elapsed = total1 - total0
+    return 0.0 if elapsed <= 0 else cores * (elapsed - (idle1 - idle0)) / elapsed

@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from .checkpoint import describe_run, read_run_config
-from .cli import run_cli
+from .cli import add_threads_argument, run_cli
 from .config import ConfigError
 from .models.diffusion import SAMPLERS
 from .tokenizers import check_prompts
 
-__all__ = ["load_pipeline", "main", "make_grid"]
+__all__ = ["default_cell", "load_pipeline", "main", "make_grid"]
 
 _WANTED = "an unCLIP run root (the folder holding prior/ and decoder/ runs) or a saved pipeline (model_index.json)"
 
@@ -47,14 +48,67 @@ def load_pipeline(checkpoint: str | Path, *, sampler: str = "dpmsolver++", decod
     return UnclipPipeline.from_runs(path, sampler=sampler, decoder=decoder)
 
 
-def make_grid(images: list[Image.Image], *, columns: int, pad: int = 2) -> Image.Image:
-    """Tile equally sized images row by row, ``columns`` per row, on a white background."""
+def make_grid(
+    images: list[Image.Image], *, columns: int, pad: int = 2, labels: Sequence[str] | None = None
+) -> Image.Image:
+    """Tile equally sized images row by row, ``columns`` per row, on a white background; with ``labels`` (one per
+    row), each row's label is written, wrapped, in a column on its left."""
     w, h = images[0].size
     rows = -(-len(images) // columns)
-    grid = Image.new("RGB", (columns * (w + pad) + pad, rows * (h + pad) + pad), (255, 255, 255))
+    if labels is not None and len(labels) != rows:
+        raise ValueError(f"{len(labels)} labels for {rows} rows")
+    font = _font(max(10, min(16, h // 4)))
+    lines = [_wrap(label, font, LABEL_WIDTH) for label in labels] if labels is not None else []
+    left = max((_text_width(line, font) for row in lines for line in row), default=0)
+    left = left + 2 * pad if left else 0
+    grid = Image.new("RGB", (left + columns * (w + pad) + pad, rows * (h + pad) + pad), (255, 255, 255))
     for i, im in enumerate(images):
-        grid.paste(im, (pad + (i % columns) * (w + pad), pad + (i // columns) * (h + pad)))
+        grid.paste(im, (left + pad + (i % columns) * (w + pad), pad + (i // columns) * (h + pad)))
+    draw = ImageDraw.Draw(grid)
+    line_height = _line_height(font)
+    for row, text in enumerate(lines):
+        top = pad + row * (h + pad) + max(0, (h - line_height * len(text)) // 2)
+        for k, line in enumerate(text):
+            draw.text((pad, top + k * line_height), line, fill=(0, 0, 0), font=font)
     return grid
+
+
+LABEL_WIDTH = 200  # pixels a grid's prompt labels wrap at
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's own font (no system fonts needed): scalable with FreeType, its small bitmap font without."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):
+        return ImageFont.load_default()
+
+
+def _text_width(text: str, font) -> int:
+    left, _, right, _ = font.getbbox(text)
+    return int(right - left)
+
+
+def _line_height(font) -> int:
+    _, top, _, bottom = font.getbbox("Ag")
+    return int(bottom - top) + 4
+
+
+def _wrap(text: str, font, width: int) -> list[str]:
+    """Greedy word wrap at ``width`` pixels (a single word wider than that stays whole)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and _text_width(f"{lines[-1]} {word}", font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+def default_cell(size: int, minimum: int = 128) -> int:
+    """The size a grid shows ``size``-px images at by default: the smallest whole multiple that is >= ``minimum``
+    (16 px -> 128 px, 64 -> 128, 256 -> 256), nearest-neighbour, so every generated pixel stays a crisp square."""
+    return size * max(1, -(-minimum // size))
 
 
 def save_atomic(image: Image.Image, path: Path) -> None:
@@ -85,10 +139,12 @@ def run(args: argparse.Namespace) -> None:
         generator=torch.Generator().manual_seed(args.seed),
     ).images
     size = images[0].size[0]
-    if args.cell is not None:
-        images = [im.resize((args.cell, args.cell), Image.Resampling.NEAREST) for im in images]
-    save_atomic(make_grid(images, columns=args.n), out)
-    shown = f", shown at {args.cell} px" if args.cell is not None else ""
+    cell = args.cell or default_cell(size)
+    if cell != size:
+        images = [im.resize((cell, cell), Image.Resampling.NEAREST) for im in images]
+    labels = None if args.no_labels else args.prompts
+    save_atomic(make_grid(images, columns=args.n, labels=labels), out)
+    shown = f", shown at {cell} px" if cell != size else ""
     print(f"wrote {out}: {len(args.prompts)} prompt(s) x {args.n} images of {size} px{shown}")
     if args.save:
         pipe.save_pretrained(args.save)
@@ -96,20 +152,31 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m multimodal.generate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m multimodal.generate",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("prompts", nargs="+", help="one or more text prompts")
     parser.add_argument("--checkpoint", required=True, help="saved pipeline folder or unCLIP run root")
-    parser.add_argument("--out", default="grid.png", help="grid image path (PNG or JPEG), default grid.png")
+    parser.add_argument("--out", default="grid.png", help="grid image path (PNG or JPEG)")
     parser.add_argument("--n", type=int, default=4, help="images per prompt")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     parser.add_argument("--steps", type=int, default=25, help="denoising steps of each stage")
-    parser.add_argument("--prior-guidance", type=float, default=4.0)
-    parser.add_argument("--decoder-guidance", type=float, default=3.0)
-    parser.add_argument("--sampler", choices=SAMPLERS, default="dpmsolver++")
+    parser.add_argument("--prior-guidance", type=float, default=4.0, help="classifier-free guidance of the prior")
+    parser.add_argument("--decoder-guidance", type=float, default=3.0, help="classifier-free guidance of the decoder")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="dpmsolver++", help="the scheduler of every stage")
     parser.add_argument("--no-upsample", action="store_true", help="stop at the decoder's resolution")
-    parser.add_argument("--cell", type=int, help="show each image at this many pixels in the grid (nearest-neighbour)")
+    parser.add_argument(
+        "--cell",
+        type=int,
+        help="show each image at this many pixels in the grid, nearest-neighbour (default: the smallest whole "
+        "multiple of the image size that is at least 128 px)",
+    )
+    parser.add_argument("--no-labels", action="store_true", help="leave out the prompt written left of each row")
     parser.add_argument("--save", help="also save the assembled pipeline here (save_pretrained)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where to run")
+    add_threads_argument(parser)
     return run_cli(run, parser, argv)
 
 

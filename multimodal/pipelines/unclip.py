@@ -112,6 +112,8 @@ class UnclipPipeline(DiffusionPipeline):
     """unCLIP text-to-image: ``pipe(prompts, ...)`` returns an ``ImagePipelineOutput`` of PIL images."""
 
     model_cpu_offload_seq = "clip->prior->decoder->upsampler"
+    # A stack may stop at the decoder: its saved folder records these as null and loads back without them.
+    _optional_components = ["upsampler", "upsampler_scheduler"]
 
     def __init__(
         self,
@@ -124,6 +126,8 @@ class UnclipPipeline(DiffusionPipeline):
         upsampler_scheduler: SchedulerMixin | None,
     ) -> None:
         super().__init__()
+        if (upsampler is None) != (upsampler_scheduler is None):
+            raise ValueError("give the upsampler and its scheduler together, or neither (a stack without upsampler)")
         size = decoder.config.image_size
         if upsampler is not None and size * upsampler.config.scale != upsampler.config.image_size:
             raise ValueError(
@@ -204,6 +208,7 @@ class UnclipPipeline(DiffusionPipeline):
             std=tuple(clip_cfg["data"]["std"]),
         )
         encoder.clip.load_state_dict(load_checkpoint(clip).state_dict())
+        encoder.eval()  # as load_checkpoint leaves the stages, and as from_pretrained leaves every component
         models = {k: load_checkpoint(p) if p is not None else None for k, p in paths.items()}
         return cls.from_components(encoder, models["prior"], models["decoder"], models["upsampler"], sampler=sampler)
 

@@ -3,6 +3,7 @@ interpolation and text diffs."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -21,7 +22,7 @@ CLIP_ARGS = {
 }
 
 
-def tiny_pipeline(sampler: str = "dpmsolver++") -> UnclipPipeline:
+def tiny_pipeline(sampler: str = "dpmsolver++", *, upsampler: bool = True) -> UnclipPipeline:
     from multimodal import create_model
 
     torch.manual_seed(0)
@@ -31,14 +32,15 @@ def tiny_pipeline(sampler: str = "dpmsolver++") -> UnclipPipeline:
         "unclip_decoder_nano", image_size=8, embed_dim=16, text_width=24, block_out_channels=(16, 32),
         attention=(False, True), context_dim=16, num_image_tokens=2,
     )  # fmt: skip
-    upsampler = create_model("unclip_upsampler_nano", image_size=16, scale=2, crop_size=8, block_out_channels=(16, 32))
-    return UnclipPipeline.from_components(clip, prior, decoder, upsampler, sampler=sampler)
+    up = create_model("unclip_upsampler_nano", image_size=16, scale=2, crop_size=8, block_out_channels=(16, 32))
+    return UnclipPipeline.from_components(clip, prior, decoder, up if upsampler else None, sampler=sampler)
 
 
 def generate(pipe: UnclipPipeline) -> np.ndarray:
     out = pipe(["a red circle", "a blue star"], num_images_per_prompt=2, num_inference_steps=3,
                generator=torch.Generator().manual_seed(0))  # fmt: skip
-    assert len(out.images) == 4 and all(isinstance(im, Image.Image) and im.size == (16, 16) for im in out.images)
+    size = 8 if pipe.upsampler is None else 16
+    assert len(out.images) == 4 and all(isinstance(im, Image.Image) and im.size == (size, size) for im in out.images)
     return np.stack([np.asarray(im) for im in out.images])
 
 
@@ -51,8 +53,9 @@ def test_pipeline_returns_pil_images_deterministically():
     assert small.shape == (1, 3, 8, 8)
 
 
-def test_save_and_load_in_a_fresh_process_gives_identical_images(tmp_path):
-    pipe = tiny_pipeline()
+@pytest.mark.parametrize("upsampler", [True, False], ids=["prior+decoder+upsampler", "prior+decoder"])
+def test_save_and_load_in_a_fresh_process_gives_identical_images(tmp_path, upsampler):
+    pipe = tiny_pipeline(upsampler=upsampler)
     expected = generate(pipe)
     pipe.save_pretrained(tmp_path / "pipe")
     np.save(tmp_path / "expected.npy", expected)
@@ -61,6 +64,7 @@ import numpy as np, torch
 from multimodal.pipelines.unclip import UnclipPipeline
 from tests.pipelines.test_unclip import generate
 pipe = UnclipPipeline.from_pretrained({str(tmp_path / "pipe")!r})
+assert (pipe.upsampler is None) == {not upsampler}, pipe.upsampler
 got = generate(pipe)
 assert np.array_equal(got, np.load({str(tmp_path / "expected.npy")!r})), np.abs(got.astype(int) - np.load(
     {str(tmp_path / "expected.npy")!r}).astype(int)).max()
@@ -68,7 +72,11 @@ print("identical", got.shape)
 """
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "identical (4, 16, 16, 3)" in result.stdout
+    size = 16 if upsampler else 8
+    assert f"identical (4, {size}, {size}, 3)" in result.stdout
+    if not upsampler:  # diffusers records an absent optional component as null
+        index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
+        assert index["upsampler"] == index["upsampler_scheduler"] == [None, None]
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
@@ -107,6 +115,9 @@ def test_mismatched_stages_are_a_clear_error():
     from multimodal import create_model
 
     pipe = tiny_pipeline()
+    with pytest.raises(ValueError, match="upsampler and its scheduler together"):
+        UnclipPipeline(pipe.clip, pipe.prior, pipe.decoder, pipe.upsampler, pipe.prior_scheduler,
+                       pipe.decoder_scheduler, None)  # fmt: skip
     wrong = create_model("unclip_upsampler_nano", image_size=64, scale=4, block_out_channels=(16, 32))
     with pytest.raises(ValueError, match="upsampler's 4x turns into 32 px"):
         UnclipPipeline.from_components(pipe.clip, pipe.prior, pipe.decoder, wrong)

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -122,24 +123,73 @@ def test_cache_is_rebuilt_when_the_clip_changes(stack, tiny_shapes):
         cached_clip_embeddings(stack / "clip", card, "test")  # back to the original weights' cache
 
 
-def test_generate_cli_from_runs_and_from_a_saved_pipeline(stack, tmp_path):
-    def generate(checkpoint, out, *extra):
-        cmd = [sys.executable, "-m", "multimodal.generate", "--checkpoint", str(checkpoint), "a red circle",
-               "a blue star", "--n", "2", "--steps", "2", "--out", str(out), *extra]  # fmt: skip
-        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+def generate_cli(checkpoint, out, *extra):
+    cmd = [sys.executable, "-m", "multimodal.generate", "--checkpoint", str(checkpoint), "a red circle",
+           "a blue star", "--n", "2", "--steps", "2", "--out", str(out), *extra]  # fmt: skip
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
 
-    first = generate(stack, tmp_path / "a.png", "--save", str(tmp_path / "pipe"))
+
+def test_generate_cli_from_runs_and_from_a_saved_pipeline(stack, tmp_path):
+    first = generate_cli(stack, tmp_path / "a.png", "--save", str(tmp_path / "pipe"))
     assert first.returncode == 0, first.stderr[-2000:]
-    assert "2 prompt(s) x 2 images of 32 px" in first.stdout
-    second = generate(tmp_path / "pipe", tmp_path / "b.png")
+    assert "2 prompt(s) x 2 images of 32 px, shown at 128 px" in first.stdout
+    second = generate_cli(tmp_path / "pipe", tmp_path / "b.png")
     assert second.returncode == 0, second.stderr[-2000:]
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
-    bad = generate(tmp_path / "nowhere", tmp_path / "c.png")
+    bad = generate_cli(tmp_path / "nowhere", tmp_path / "c.png")
     assert bad.returncode == 2 and "does not exist" in bad.stderr and not (tmp_path / "c.png").exists()
-    small = generate(tmp_path / "pipe", tmp_path / "d.png", "--no-upsample", "--cell", "40")
+    small = generate_cli(tmp_path / "pipe", tmp_path / "d.png", "--no-upsample", "--cell", "40", "--no-labels")
     assert small.returncode == 0, small.stderr[-2000:]
     assert "images of 16 px, shown at 40 px" in small.stdout
     assert Image.open(tmp_path / "d.png").size == (2 * (40 + 2) + 2, 2 * (40 + 2) + 2)  # 2 x 2 cells, 2 px padding
+
+
+def test_a_stack_without_upsampler_saves_and_loads_back(stack, tmp_path):
+    """What `make demo` builds: prior + decoder, no upsampler; saved with --save and in Python, both load back."""
+    from multimodal.generate import load_pipeline
+    from multimodal.pipelines.unclip import UnclipPipeline
+
+    root = tmp_path / "no-upsampler"
+    root.mkdir()
+    for stage in ("prior", "decoder"):
+        (root / stage).symlink_to(stack / stage)
+    first = generate_cli(root, tmp_path / "a.png", "--save", str(tmp_path / "cli-pipe"))
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "images of 16 px, shown at 128 px" in first.stdout
+    second = generate_cli(tmp_path / "cli-pipe", tmp_path / "b.png")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+    pipe = UnclipPipeline.from_runs(root)
+    assert pipe.upsampler is None
+    pipe.save_pretrained(tmp_path / "py-pipe")
+    again = UnclipPipeline.from_pretrained(tmp_path / "py-pipe")
+    assert again.upsampler is None and again.upsampler_scheduler is None
+    for loaded in (again, load_pipeline(tmp_path / "cli-pipe"), load_pipeline(tmp_path / "py-pipe", sampler="ddim")):
+        images = loaded("a red circle", num_inference_steps=2, output_type="pt",
+                        generator=torch.Generator().manual_seed(0)).images  # fmt: skip
+        assert images.shape == (1, 3, 16, 16)
+    expected = pipe("a red circle", num_inference_steps=2, output_type="pt",
+                    generator=torch.Generator().manual_seed(0)).images  # fmt: skip
+    got = again("a red circle", num_inference_steps=2, output_type="pt",
+                generator=torch.Generator().manual_seed(0)).images  # fmt: skip
+    assert torch.allclose(expected, got, atol=1e-5, rtol=0)  # two copies of the weights: float rounding only
+
+
+def test_grid_labels_each_row_with_its_prompt():
+    from multimodal.generate import default_cell, make_grid
+
+    assert [default_cell(s) for s in (16, 32, 64, 100, 256)] == [128, 128, 128, 200, 256]
+    cells = [Image.new("RGB", (128, 128), (255, 0, 0)) for _ in range(4)]
+    plain = make_grid(cells, columns=2)
+    labelled = make_grid(cells, columns=2, labels=["a red circle", "a blue star above a green square"])
+    assert plain.size == (2 * 130 + 2, 2 * 130 + 2)
+    left = labelled.size[0] - plain.size[0]
+    assert 40 < left <= 200 + 4 and labelled.size[1] == plain.size[1]  # a label column, wrapped at 200 px
+    label_column = np.asarray(labelled)[:, :left]
+    assert (label_column < 128).any(axis=2).sum() > 50  # dark text pixels in it
+    with pytest.raises(ValueError, match="1 labels for 2 rows"):
+        make_grid(cells, columns=2, labels=["one"])
 
 
 def test_eval_generation_reports_every_metric(stack, tiny_shapes, tmp_path):
