@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -113,7 +113,7 @@ class UnclipPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "clip->prior->decoder->upsampler"
     # A stack may stop at the decoder: its saved folder records these as null and loads back without them.
-    _optional_components = ["upsampler", "upsampler_scheduler"]
+    _optional_components: ClassVar[list[str]] = ["upsampler", "upsampler_scheduler"]
 
     def __init__(
         self,
