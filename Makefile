@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo demo-vit test test-slow lint format clean
+.PHONY: setup demo demo-vit test test-slow readme-check lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ setup: $(STAMP)
 # configs/clip/shapes.yaml's 3,800 steps), zero-shot evaluated; then unCLIP on that CLIP: a prior and a decoder
 # (short runs of configs/unclip/shapes-{prior,decoder}.yaml; the upsampler is left out, as a 300-step one does not yet
 # beat bicubic), a judge classifier (configs/vit/shapes.yaml), a grid of the decoder's 16 px images for
-# six prompts (shown at 64 px), and the prompt accuracy the judge gives the generated images.
+# six prompts (shown at 128 px, each row labelled), and the prompt accuracy the judge gives the generated images.
 DEMO_STEPS ?= 1000
 DEMO_PRIOR_STEPS ?= 100
 DEMO_DECODER_STEPS ?= 500
@@ -33,7 +33,7 @@ demo: setup
 	$(PY) -m training.train configs/unclip/shapes-decoder.yaml task.clip=runs/clip-shapes-demo \
 		run.out_dir=runs/unclip-demo/decoder train.steps=$(DEMO_DECODER_STEPS) train.eval_every=0 run.overwrite=true
 	$(PY) -m training.train configs/vit/shapes.yaml run.name=judge-shapes-demo train.eval_every=0 run.overwrite=true
-	$(PY) -m multimodal.generate --checkpoint runs/unclip-demo $(DEMO_PROMPTS) --n 6 --no-upsample --cell 64 \
+	$(PY) -m multimodal.generate --checkpoint runs/unclip-demo $(DEMO_PROMPTS) --n 6 --no-upsample \
 		--out runs/unclip-demo/grid.png
 	$(PY) -m eval.generation --checkpoint runs/unclip-demo --judge runs/judge-shapes-demo --n 2 --no-ablation
 
@@ -46,6 +46,9 @@ test: setup
 
 test-slow: setup  # the long fault-injection runs (many random SIGKILLs, accelerate launch losing a worker)
 	$(PY) -m pytest -q -m slow
+
+readme-check: setup  # after `make demo`: every command of README.md, in order, on a copy of the demo's runs
+	$(PY) -m tests.readme
 
 lint: setup
 	$(VENV)/bin/ruff format --check .

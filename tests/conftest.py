@@ -9,11 +9,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from multimodal.data.shapes import ShapesSpec, generate_shapes
 
 REPO = Path(__file__).resolve().parents[1]
+
+# train.threads=auto and the CLIs' --threads auto follow OMP_NUM_THREADS when it is set: pin it, so that runs inside
+# the test process keep one thread count however busy the machine is (bitwise comparisons depend on it).
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 TINY_SPEC = ShapesSpec(seed=1, image_size=32, train=384, test=96, heldout=32, samples_per_shard=48)
 
 
