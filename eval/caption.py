@@ -18,6 +18,7 @@ from torch import nn
 
 from multimodal import load_checkpoint
 from multimodal.checkpoint import read_run_config
+from multimodal.cli import HelpFormatter, add_threads_argument
 from multimodal.config import ConfigError
 from multimodal.data import SampleDecoder, SampleStream, SkipStats, collate, ensure_dataset, load_card, make_loader
 from multimodal.data.cards import DatasetCard
@@ -33,8 +34,10 @@ __all__ = ["evaluate_captioning", "main"]
 class _WithObjects:
     """Decode the image in [0, 1] and read the objects' (colour, shape) from the sample's .json."""
 
-    def __init__(self, image_size: int) -> None:
-        self.decode = SampleDecoder(image_size=image_size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    def __init__(self, image_size: int, image_key: str | None = None) -> None:
+        self.decode = SampleDecoder(
+            image_size=image_size, image_key=image_key, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)
+        )
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         out = self.decode(sample)
@@ -70,7 +73,7 @@ def evaluate_captioning(
     if not colours or not shapes:
         raise ConfigError(f"dataset {card.name!r} has no color and shape labels to judge captions by")
     stream = SampleStream(
-        urls=card.shard_urls(split), decode=_WithObjects(image_size), collate=_collate,
+        urls=card.shard_urls(split), decode=_WithObjects(image_size, card.image_key), collate=_collate,
         batch_size=min(batch_size, samples), infinite=False, shuffle_buffer=0,
     )  # fmt: skip
     skips, right, colour_right, shape_right, examples, n = SkipStats(), 0, 0, 0, [], 0
@@ -136,14 +139,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.caption", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.caption", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("--checkpoint", required=True, help="GATO run directory or checkpoints/step-* folder")
     parser.add_argument("--dataset", help="captioned dataset card (default: the run's captioned dataset)")
     parser.add_argument("--split", action="append", help="split to caption (repeatable; default: test)")
     parser.add_argument("--samples", type=int, default=1000, help="images per split")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights even if the run kept an EMA")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="torch device to caption on, e.g. cuda")
     parser.add_argument("--out", help="JSON path (default: RUN/eval/caption_<dataset>.json)")
+    add_threads_argument(parser)
     return run_cli(run, parser, argv)
 
 

@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"the model predicts {head.out_features} classes but {card.name}:{label} has {len(classes)}; "
             "pass the --dataset and --label the model was trained on"
         )
-    decoder = run_decoder(data, label_key="cls" if card.format == "folder" else label)
+    decoder = run_decoder(data, label_key="cls" if card.format == "folder" else label, image_key=card.image_key)
     stream = eval_stream(
         card,
         args.split,
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser("python -m eval.classify", __doc__, "RUN/eval/classify_<dataset>_<split>.json")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--split", default="test", help="split to evaluate")
     parser.add_argument("--label", help="label key of the card (default: the one trained on)")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights even if the run kept an EMA")
     return run_cli(run, parser, argv)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from multimodal import load_checkpoint
+from multimodal.cli import HelpFormatter
 from training.train import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,10 +104,14 @@ def summarize(figures: dict[str, list[dict[str, Any]]], seeds: list[int]) -> str
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.compare_vision", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("--dataset", required=True, help="the <dataset> of configs/vision/<model>-<dataset>.yaml")
-    parser.add_argument("--models", default="resnet18,aa_resnet18,vit")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument(
+        "--models", default="resnet18,aa_resnet18,vit", help="the <model>s to compare, comma-separated"
+    )
+    parser.add_argument("--seeds", default="0,1,2", help="seeds to train each model with, comma-separated")
     parser.add_argument("--steps", type=int, help="optimizer steps of every run (default: each recipe's)")
     parser.add_argument("--out-dir", type=Path, help="where the runs go (default: runs/compare-<dataset>)")
     parser.add_argument("--retrain", action="store_true", help="train every run afresh")

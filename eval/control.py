@@ -20,6 +20,7 @@ from torch import nn
 
 from multimodal import load_checkpoint
 from multimodal.checkpoint import read_run_config, run_dir
+from multimodal.cli import HelpFormatter, add_threads_argument
 from multimodal.config import ConfigError
 from multimodal.data import ensure_dataset, load_card
 from multimodal.data.cards import DatasetCard
@@ -108,13 +109,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.control", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.control", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("--checkpoint", required=True, help="GATO run directory or checkpoints/step-* folder")
-    parser.add_argument("--env", default="all", help="an env id (CartPole-v1, Pendulum-v1) or all of the run's")
-    parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument(
+        "--env", default="all", help="an env id (CartPole-v1, Pendulum-v1), or all: every env of the run"
+    )
+    parser.add_argument("--episodes", type=int, default=20, help="rollouts per env")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights even if the run kept an EMA")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="torch device to act on, e.g. cuda")
     parser.add_argument("--out", help="JSON path (default: RUN/eval/control.json)")
+    add_threads_argument(parser)
     return run_cli(run, parser, argv)
 
 

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from multimodal import load_checkpoint
 from multimodal.checkpoint import read_run_config
+from multimodal.cli import HelpFormatter, add_threads_argument
 from multimodal.config import ConfigError
 from multimodal.data import load_card
 from multimodal.data.cards import ensure_dataset
@@ -134,7 +135,10 @@ def _real_images(card_name: str, n: int, size: int) -> tuple[Tensor, list[str], 
     card = load_card(card_name)
     ensure_dataset(card)
     decoder = run_decoder(
-        {"image_size": size, "mean": [0.5] * 3, "std": [0.5] * 3}, text_key=card.text_key, label_key="color_shape"
+        {"image_size": size, "mean": [0.5] * 3, "std": [0.5] * 3},
+        text_key=card.text_key,
+        label_key="color_shape",
+        image_key=card.image_key,
     )
     images, texts, labels = [], [], []
     for batch in eval_stream(card, "test", decoder=decoder, batch_size=min(n, 500)):
@@ -278,21 +282,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.generation", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.generation", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("--checkpoint", required=True, help="saved pipeline folder or unCLIP run root")
     parser.add_argument("--decoder", help="another decoder run or checkpoint folder (with an unCLIP run root)")
     parser.add_argument("--judge", required=True, help="run directory of a shapes color_shape classifier")
     parser.add_argument("--n", type=int, default=8, help="images per prompt")
     parser.add_argument("--steps", type=int, default=25, help="denoising steps of each stage")
-    parser.add_argument("--sampler", choices=("dpmsolver++", "ddim", "ddpm"), default="dpmsolver++")
-    parser.add_argument("--prior-guidance", type=float, default=4.0)
-    parser.add_argument("--decoder-guidance", type=float, default=3.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--sampler", choices=("dpmsolver++", "ddim", "ddpm"), default="dpmsolver++", help="diffusion sampler"
+    )
+    parser.add_argument("--prior-guidance", type=float, default=4.0, help="classifier-free guidance of the prior")
+    parser.add_argument("--decoder-guidance", type=float, default=3.0, help="classifier-free guidance of the decoder")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the samples")
     parser.add_argument("--dataset", default="shapes", help="a shapes card (prompts from its colour-shape classes)")
     parser.add_argument("--no-ablation", action="store_true", help="skip the text-embedding-to-decoder ablation")
     parser.add_argument("--inception", help="a local torchvision inception_v3 state dict: adds Inception FID")
     parser.add_argument("--out", help="JSON path (default: CHECKPOINT/eval/generation.json)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device; cuda when one is present",
+    )
+    add_threads_argument(parser)
     return run_cli(run, parser, argv)
 
 

@@ -18,6 +18,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from multimodal.checkpoint import read_run_config
+from multimodal.cli import HelpFormatter, add_threads_argument
 from multimodal.config import ConfigError
 from multimodal.generate import load_pipeline, save_atomic
 
@@ -109,13 +110,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.generation_curve", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.generation_curve", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("--checkpoint", required=True, help="unCLIP run root (prior/, decoder/, upsampler/)")
     parser.add_argument("--judge", required=True, help="run directory of a shapes color_shape classifier")
     parser.add_argument("--n", type=int, default=4, help="images per prompt")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=25, help="denoising steps of each stage")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the samples")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device; cuda when one is present",
+    )
+    add_threads_argument(parser)
     return run_cli(run, parser, argv)
 
 

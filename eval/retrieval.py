@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ensure_dataset(card)
     acc = Accelerator(cpu=not torch.cuda.is_available())
     model = load_checkpoint(args.checkpoint).to(acc.device)
-    decoder = run_decoder(data, text_key=card.text_key)
+    decoder = run_decoder(data, text_key=card.text_key, image_key=card.image_key)
     stream = eval_stream(
         card, args.split, decoder=decoder, batch_size=args.batch_size, rank=acc.process_index,
         world_size=acc.num_processes,
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser("python -m eval.retrieval", __doc__, "RUN/eval/retrieval_<dataset>_<split>.json")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--split", default="test", help="split of (image, caption) pairs to retrieve among")
     return run_cli(run, parser, argv)
 
 

@@ -1,8 +1,8 @@
 """Zero-shot classification with a CLIP run: ``python -m eval.zeroshot --checkpoint RUN --dataset NAME|CARD|FOLDER``.
 
 Class names and prompt templates come from the dataset card; an ImageNet folder (1,000 WordNet-id class folders)
-gets open_clip's ImageNet class names and the 80 OpenAI templates. Prints top-1, top-5 and mean per-class recall
-for each split beside chance level, and writes them as JSON.
+gets open_clip's ImageNet class names and the 80 OpenAI templates. Prints top-1, top-5 (top-k with k < 5 classes)
+and mean per-class recall for each split beside chance level, and writes them as JSON.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from multimodal.pipelines.zeroshot import ZeroShotClassifier, imagenet_classname
 from .classify import eval_stream, evaluate_classifier
 from .common import base_parser, run_cli, run_decoder, write_result
 
-__all__ = ["card_prompts", "main", "zeroshot_evaluate"]
+__all__ = ["card_prompts", "format_results", "main", "topk_key", "zeroshot_evaluate"]
 
 
 def card_prompts(card: DatasetCard, label: str, templates: str | None = None) -> tuple[list[str], list[str]]:
@@ -68,20 +68,27 @@ def zeroshot_evaluate(
         metrics, skips = evaluate_classifier(
             classifier, make_loader(stream, num_workers=num_workers), num_classes=len(classnames), acc=acc
         )
+        k = topk_key(metrics)  # top5, or topK with K < 5 classes
         metrics["chance_top1"] = 1.0 / len(classnames)
-        metrics["chance_top5"] = min(5, len(classnames)) / len(classnames)
+        metrics[f"chance_{k}"] = int(k[3:]) / len(classnames)
         metrics["skipped_samples"] = skips.total
         results[split] = metrics
     model.train(was_training)
     return results
 
 
+def topk_key(metrics: dict[str, float]) -> str:
+    """The top-k metric beside top1: ``top5``, or ``topK`` with K < 5 classes (``top1`` itself with one class)."""
+    return next((key for key in metrics if re.fullmatch(r"top\d+", key) and key != "top1"), "top1")
+
+
 def format_results(results: dict[str, dict[str, float]], title: str) -> str:
-    lines = [title, f"{'split':<10} {'top1':>7} {'(chance)':>9} {'top5':>7} {'(chance)':>9} {'mpcr':>7} {'n':>6}"]
+    """A table of per-split results; its top-k column is named by the JSON key (``top3`` with three classes)."""
+    k = topk_key(next(iter(results.values()), {}))
+    lines = [title, f"{'split':<10} {'top1':>7} {'(chance)':>9} {k:>7} {'(chance)':>9} {'mpcr':>7} {'n':>6}"]
     for split, m in results.items():
-        top5 = next(v for k, v in m.items() if re.fullmatch(r"top\d", k) and k != "top1")
         lines.append(
-            f"{split:<10} {m['top1']:>7.4f} {m['chance_top1']:>9.4f} {top5:>7.4f} {m['chance_top5']:>9.4f} "
+            f"{split:<10} {m['top1']:>7.4f} {m['chance_top1']:>9.4f} {m[k]:>7.4f} {m[f'chance_{k}']:>9.4f} "
             f"{m['mean_per_class_recall']:>7.4f} {m['num_samples']:>6}"
         )
     return "\n".join(lines)
@@ -110,7 +117,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     acc = Accelerator(cpu=not torch.cuda.is_available())
     model = load_checkpoint(args.checkpoint, ema=False if args.no_ema else None).to(acc.device)
     tokenizer = ClipTokenizer(context_length=model.cfg.text.context_length)
-    decoder = run_decoder(data, label_key="cls" if card.format == "folder" else label)
+    decoder = run_decoder(data, label_key="cls" if card.format == "folder" else label, image_key=card.image_key)
     results = zeroshot_evaluate(
         model, tokenizer, card, splits=splits, label=label, decoder=decoder, acc=acc,
         batch_size=args.batch_size, num_workers=args.workers, templates=args.templates,
@@ -127,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = base_parser("python -m eval.zeroshot", __doc__, "RUN/eval/zeroshot_<dataset>.json")
     parser.add_argument("--split", action="append", help="split to evaluate (repeatable; default: all but train)")
     parser.add_argument("--label", help="label key of the card (default: the run's data.label, else the first)")
-    parser.add_argument("--templates", help="'openai' (80 ImageNet templates) or 'simple'; default: the card's")
+    parser.add_argument("--templates", help="'openai' (80 ImageNet templates) or 'simple' (default: the card's)")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights even if the run kept an EMA")
     return run_cli(run, parser, argv)
 

@@ -1,8 +1,19 @@
 """Multimodal foundation models on one shared transformer backbone."""
 
-from .checkpoint import load_checkpoint
+from .checkpoint import get_tokenizer, load_checkpoint, load_model_and_transforms
 from .config import Config, ConfigError
+from .data.transforms import ImageTransform
 from .models import create_model, list_models, register_model
 
 __version__ = "0.1.0"
-__all__ = ["Config", "ConfigError", "create_model", "list_models", "load_checkpoint", "register_model"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ImageTransform",
+    "create_model",
+    "get_tokenizer",
+    "list_models",
+    "load_checkpoint",
+    "load_model_and_transforms",
+    "register_model",
+]

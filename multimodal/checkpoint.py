@@ -11,9 +11,21 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .config import ConfigError, load_yaml
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
+from .models.clip import CLIP
 from .models.registry import create_model
+from .tokenizers import ClipTokenizer
 
-__all__ = ["describe_run", "load_checkpoint", "read_run_config", "run_dir", "run_weights"]
+__all__ = [
+    "describe_run",
+    "get_tokenizer",
+    "load_checkpoint",
+    "load_model_and_transforms",
+    "read_run_config",
+    "run_dir",
+    "run_transform",
+    "run_weights",
+]
 
 _STACK = "multimodal.generate, given the folder above it"
 # task.name of a run -> what the run is, the recipes that train one, and what takes it
@@ -24,6 +36,12 @@ _RUN_KINDS = {
     "unclip_decoder": ("an unCLIP decoder run", "configs/unclip/*-decoder.yaml", _STACK),
     "unclip_upsampler": ("an unCLIP upsampler run", "configs/unclip/*-upsampler.yaml", _STACK),
     "gato": ("a GATO run", "configs/gato/*.yaml", "eval.control or eval.caption"),
+}
+# task.name of a run that takes images -> the (mean, std) it normalises them with; None: the run's data.mean, data.std
+_IMAGE_NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
+    "classification": None,
+    "clip": None,
+    "gato": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # pixels stay in [0, 1]: GATO's tokenizer normalises patches itself
 }
 
 
@@ -103,3 +121,41 @@ def load_checkpoint(path: str | Path, *, ema: bool | None = None, device: str | 
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
     return model.to(device).eval()
+
+
+def load_model_and_transforms(
+    path: str | Path, *, ema: bool | None = None, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, ImageTransform]:
+    """The model of a run (eval mode, as :func:`load_checkpoint`) and the preprocessing its images get at evaluation,
+    as open_clip's ``create_model_from_pretrained``::
+
+        model, preprocess = multimodal.load_model_and_transforms("runs/clip-shapes")
+        features = model.encode_image(preprocess(Image.open("cat.png")).unsqueeze(0))
+
+    For image-classifier, CLIP and GATO runs; a run that takes no images (unCLIP) is a ValueError.
+    """
+    transform = run_transform(read_run_config(path), where=Path(path))
+    return load_checkpoint(path, ema=ema, device=device), transform
+
+
+def run_transform(cfg: dict[str, Any], *, where: Path | str = "the run") -> ImageTransform:
+    """The evaluation-time :class:`ImageTransform` of a run, from its config (:func:`read_run_config`): the run's
+    ``data.image_size`` and normalisation, as :class:`~multimodal.data.SampleDecoder` applies them."""
+    task = _task(cfg)
+    if task not in _IMAGE_NORMALISATION:
+        raise ConfigError(
+            f"{where} is {describe_run(cfg)}, which takes no images to preprocess; image transforms come with "
+            "image-classifier, CLIP and GATO runs (load this one with multimodal.load_checkpoint)"
+        )
+    data = cfg.get("data") or {}
+    mean, std = _IMAGE_NORMALISATION[task] or (data.get("mean", IMAGENET_MEAN), data.get("std", IMAGENET_STD))
+    return ImageTransform(image_size=int(data.get("image_size", 224)), mean=tuple(mean), std=tuple(std))
+
+
+def get_tokenizer(model: nn.Module) -> ClipTokenizer:
+    """The text tokenizer of a CLIP model (its context length), as open_clip's ``get_tokenizer``."""
+    if not isinstance(model, CLIP):
+        raise ValueError(
+            f"get_tokenizer takes a CLIP model (multimodal.load_checkpoint of a CLIP run), got {type(model).__name__}"
+        )
+    return ClipTokenizer(context_length=model.cfg.text.context_length)

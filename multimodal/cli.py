@@ -7,27 +7,46 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["USER_ERRORS", "add_threads_argument", "busy_cores", "configure_threads", "one_line", "run_cli"]
+__all__ = [
+    "USER_ERRORS",
+    "HelpFormatter",
+    "add_threads_argument",
+    "busy_cores",
+    "configure_threads",
+    "one_line",
+    "one_line_warnings",
+    "run_cli",
+]
 
 # What bad input raises: ValueError (ConfigError is one) for wrong values, OSError for paths (missing, a directory
 # where a file belongs, no permission, a full disk). Anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, OSError)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``--help`` of every command line: each option's help ends with ``(default: X)``, except where the default says
+    nothing (None: the help tells what happens instead; a flag's False); description and epilog kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.nargs == 0:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def run_cli(run: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     """Parse ``argv`` and call ``run(args)``: a user error prints ``error: ...`` (one line) and returns 2, a warning
     prints ``warning: ...`` (one line). An ``--out`` that is an existing directory is refused before any work."""
     args = parser.parse_args(argv)
-    with warnings.catch_warnings():
-        warnings.showwarning = _one_line_warning
+    with one_line_warnings():
         try:
             if hasattr(args, "threads"):
                 configure_threads(args.threads)
@@ -39,6 +58,14 @@ def run_cli(run: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentP
             print(f"error: {one_line(e)}", file=sys.stderr)
             return 2
     return 0
+
+
+@contextlib.contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Within it, a warning prints as one ``warning: message`` line on stderr, without the source location."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        yield
 
 
 def one_line(e: Exception | Warning | str) -> str:

@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .checkpoint import describe_run, read_run_config
-from .cli import add_threads_argument, run_cli
+from .cli import HelpFormatter, add_threads_argument, run_cli
 from .config import ConfigError
 from .models.diffusion import SAMPLERS
 from .tokenizers import check_prompts
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m multimodal.generate",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("prompts", nargs="+", help="one or more text prompts")
     parser.add_argument("--checkpoint", required=True, help="saved pipeline folder or unCLIP run root")

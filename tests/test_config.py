@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -96,3 +97,40 @@ def test_a_yaml_boolean_word_is_read_back_as_the_literal_it_spells():
     assert Precision.from_dict({"precision": False}).precision == "no"
     with pytest.raises(ConfigError, match="must be one of 'no', 'bf16', 'fp16', got True"):
         Precision.from_dict({"precision": True})  # yes: no literal spells it
+
+
+VIT_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "vit" / "shapes.yaml"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "model.name=vit_nano_patch4_33",
+            "unknown model 'vit_nano_patch4_33' (model.name); did you mean 'vit_nano_patch4_32'? "
+            "(multimodal.list_models() lists them)",
+        ),
+        ("model.name=zzz", "unknown model 'zzz' (model.name); see multimodal.list_models()"),
+        ("model.args.dpth=3", "unknown config key 'model.args.dpth'; did you mean 'model.args.depth'?"),
+        (  # a bad value's suggestion is a value, not a key
+            "model.args.norm=rsm",
+            "config key 'model.args.norm' must be one of 'layer', 'rms', got 'rsm'; did you mean 'rms'?",
+        ),
+    ],
+)
+def test_recipe_model_errors_name_the_recipe_key_and_a_suggestion_of_its_kind(override, message):
+    from training.config import TrainConfig
+
+    with pytest.raises(ConfigError) as e:
+        TrainConfig.load(VIT_RECIPE, [override])
+    assert str(e.value) == message
+
+
+def test_an_unknown_model_on_the_command_line_is_one_line_and_exit_status_2(capsys):
+    from training.train import main
+
+    assert main([str(VIT_RECIPE), "model.name=vit_nano_patch4_33"]) == 2
+    assert capsys.readouterr().err == (
+        "error: unknown model 'vit_nano_patch4_33' (model.name); did you mean 'vit_nano_patch4_32'? "
+        "(multimodal.list_models() lists them)\n"
+    )

@@ -100,6 +100,7 @@ class TrainLoopConfig(Config):
     stop_at: int | None = None  # end this invocation at this step (checkpointed), schedule unchanged: resume later
     record_keys: bool = False  # write each rank's training sample keys to keys/rank-N.txt (data audits)
     max_bad_steps: int = 5  # a step with a non-finite loss or gradient is skipped; this many in a row stop the run
+    threads: int = 0  # CPU threads per process; 0 (auto): OMP_NUM_THREADS if set, else the cores other jobs leave idle
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +123,7 @@ class TrainConfig(Config):
             (0.0 <= self.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)"),
             (self.train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
             (self.train.max_bad_steps >= 1, "train.max_bad_steps must be >= 1"),
+            (self.train.threads >= 0, "train.threads must be >= 1, or 0 for auto"),
         ]
         for ok, message in checks:
             if not ok:
@@ -141,12 +143,21 @@ class TrainConfig(Config):
     def check_model(self) -> None:
         """Build the model on the meta device: unknown names, arguments and bad values fail here, cheaply."""
         from multimodal import create_model
+        from multimodal.models.registry import check_model_name
 
+        check_model_name(self.model.name, key="model.name")
         try:
             with torch.device("meta"):
                 create_model(self.model.name, **self.model.args)
         except ConfigError as e:
-            message = str(e).replace("config key '", "config key 'model.args.").replace("mean '", "mean 'model.args.")
-            raise ConfigError(message) from None
+            raise ConfigError(_under_model_args(str(e))) from None
         except (TypeError, ValueError, ArithmeticError, RuntimeError) as e:  # torch refusing a size, e.g. dim=-1
             raise ConfigError(f"model {self.model.name!r} with args {self.model.args}: {e}") from None
+
+
+def _under_model_args(message: str) -> str:
+    """A model config's error with its keys named as in the recipe: 'depth' -> 'model.args.depth'."""
+    message = message.replace("config key '", "config key 'model.args.")
+    if message.startswith("unknown config key"):  # the suggestion is a key too (a bad value's is a value)
+        message = message.replace("did you mean '", "did you mean 'model.args.")
+    return message

@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from multimodal.cli import USER_ERRORS, one_line
+from multimodal.cli import USER_ERRORS, HelpFormatter, configure_threads, one_line, one_line_warnings
 from multimodal.config import ConfigError
 from multimodal.data import SkipStats
 
@@ -51,6 +52,7 @@ class TrainState:
     seconds: float = 0.0  # wall time spent in train() up to the checkpoint, over all invocations of a resumed run
     skipped_steps: int = 0  # steps whose update was skipped for a non-finite loss or gradient
     bad_streak: int = 0  # of them, how many in a row up to now
+    threads: int = 0  # CPU threads the run computes with (0: not on the CPU); a resumed run keeps them, for exactness
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -61,6 +63,7 @@ class TrainState:
             "seconds": self.seconds,
             "skipped_steps": self.skipped_steps,
             "bad_streak": self.bad_streak,
+            "threads": self.threads,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -68,6 +71,7 @@ class TrainState:
         self.batches, self.skips = list(state["batches"]), dict(state["skips"])
         self.seconds = float(state.get("seconds", 0.0))  # absent in checkpoints of older versions
         self.skipped_steps, self.bad_streak = int(state.get("skipped_steps", 0)), int(state.get("bad_streak", 0))
+        self.threads = int(state.get("threads", 0))
 
 
 MAX_EMPTY_BATCHES = 1000  # batches in a row with no usable sample before the run gives up on its data
@@ -291,6 +295,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     started = time.perf_counter()
     _warn_ignored_num_processes()
     acc = make_accelerator(cfg)
+    threads = configure_threads(cfg.train.threads) if acc.device.type == "cpu" else 0
     run_dir = cfg.run_dir
     resume_from = resume_checkpoint(cfg)
     acc.wait_for_everyone()  # every process decides before the main one writes config.yaml into the run directory
@@ -316,6 +321,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     if resume_from is not None:
         restore_checkpoint(acc, resume_from, scheduler=scheduler, state=state, ema=ema)
+        if cfg.train.threads == 0 and threads and state.threads and state.threads != threads:
+            acc.print(f"train.threads=auto: resuming with the {state.threads} thread(s) the run computed with")
+            threads = configure_threads(state.threads)  # float sums depend on the thread count: stay bitwise exact
         if len(state.batches) != acc.num_processes:
             acc.print(
                 f"warning: checkpoint written by {len(state.batches)} processes, resuming with {acc.num_processes}: "
@@ -407,9 +415,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         (run_dir / "keys").mkdir(parents=True, exist_ok=True)
         keys_file = open(run_dir / "keys" / f"rank-{rank}.txt", "a")  # noqa: SIM115 (closed after the loop)
     stop = min(cfg.train.steps, cfg.train.stop_at or cfg.train.steps)
-    acc.print(
-        f"training {cfg.model.name} for {stop - state.step} steps on {acc.num_processes} process(es), {acc.device}"
-    )
+    state.threads = threads
+    on = f"{acc.device}, {threads} thread(s)" if threads else str(acc.device)
+    acc.print(f"training {cfg.model.name} for {stop - state.step} steps on {acc.num_processes} process(es), {on}")
     try:
         model.train()
         while state.step < stop:
@@ -526,26 +534,43 @@ def _format_eval(step: int, results: dict[str, Any], split: str | None) -> str:
     return f"eval{where} @ step {step}: " + ", ".join(parts)
 
 
+def _recipe_keys_help(width: int = 100) -> str:
+    """Every recipe key with its default, a section per line (wrapped), for ``--help``."""
+    lines = ["recipe keys and their defaults (a recipe's values replace them; key.sub=value replaces both):"]
+    for section, values in TrainConfig().to_dict().items():
+        if not isinstance(values, dict):
+            lines.append(f"  {section}={json.dumps(values)}")
+            continue
+        items = " ".join(
+            f"{k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}" for k, v in values.items()
+        )
+        lines += textwrap.wrap(items, width, initial_indent=f"  {section:<8}", subsequent_indent=" " * 10)
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="accelerate launch -m training.train",
         description="Train a model from a YAML recipe; key.sub=value arguments override the recipe.",
+        epilog=_recipe_keys_help(),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("recipe", help="a recipe, e.g. configs/vit/shapes.yaml")
     parser.add_argument("overrides", nargs="*", help="key.sub=value, e.g. optim.lr=3e-4 train.steps=200")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.recipe, args.overrides)
-    except USER_ERRORS as e:
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
-    try:
-        train(cfg)
-    except (CheckpointError, TrainingError) as e:
-        if int(os.environ.get("RANK", "0")) == 0 or isinstance(e, PeerLostError):
-            print(f"error: {e}", file=sys.stderr)
-        return 1
+    with one_line_warnings():
+        try:
+            cfg = load_config(args.recipe, args.overrides)
+        except USER_ERRORS as e:
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(f"error: {one_line(e)}", file=sys.stderr)
+            return 2
+        try:
+            train(cfg)
+        except (CheckpointError, TrainingError) as e:
+            if int(os.environ.get("RANK", "0")) == 0 or isinstance(e, PeerLostError):
+                print(f"error: {e}", file=sys.stderr)
+            return 1
     return 0
 
 

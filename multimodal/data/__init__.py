@@ -2,11 +2,12 @@
 
 from .cards import DatasetCard, SplitSpec, data_root, ensure_dataset, load_card
 from .stream import DecodeError, SampleStream, SkipStats, folder_samples, make_loader
-from .transforms import SampleDecoder, collate, to_rgb
+from .transforms import ImageTransform, SampleDecoder, collate, to_rgb
 
 __all__ = [
     "DatasetCard",
     "DecodeError",
+    "ImageTransform",
     "SampleDecoder",
     "SampleStream",
     "SkipStats",

@@ -115,7 +115,9 @@ def compute_clip_embeddings(
     progress: bool = False,
 ) -> ClipEmbeddings:
     """Embed every image of ``split`` (in shard order) with ``clip.encode_image`` and tokenize all its captions."""
-    decoder = SampleDecoder(image_size=image_size, text_key=card.text_key, mean=mean, std=std)
+    decoder = SampleDecoder(
+        image_size=image_size, image_key=card.image_key, text_key=card.text_key, mean=mean, std=std
+    )
 
     def decode(sample: dict[str, Any]) -> dict[str, Any]:
         out = decoder(sample)

@@ -27,7 +27,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-__all__ = ["DecodeError", "SampleStream", "SkipStats", "folder_samples", "make_loader"]
+__all__ = ["DecodeError", "SampleStream", "SkipStats", "expected_count", "folder_samples", "make_loader"]
 
 
 class DecodeError(ValueError):
@@ -94,7 +94,7 @@ def _short(path: str) -> str:
     return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
-def _expected_count(url: str) -> int | None:
+def expected_count(url: str) -> int | None:
     """Samples listed for a shard in its img2dataset ``_stats.json``, if present."""
     stats = Path(url).with_name(Path(url).stem + "_stats.json")
     try:
@@ -217,7 +217,7 @@ class SampleStream(IterableDataset):
                     read += 1
                     yield sample
                 # A shard cut inside a tar header ends quietly: the count in _stats.json is the only witness.
-                expected = _expected_count(url)
+                expected = expected_count(url)
                 lost = f", {expected - read} of {expected} samples lost" if expected and read < expected else ""
                 if url in errors:
                     events.append(("shard", url, f"unreadable after {read} samples ({errors[url]}){lost}"))

@@ -19,8 +19,12 @@ __all__ = [
     "IMAGENET_STD",
     "OPENAI_CLIP_MEAN",
     "OPENAI_CLIP_STD",
+    "ImageTransform",
     "SampleDecoder",
+    "check_images",
     "collate",
+    "normalize_image",
+    "resize_center_crop",
     "to_rgb",
 ]
 
@@ -54,9 +58,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
 class SampleDecoder:
     """Turns a raw sample (shard members or a folder file) into ``{"image", "label"?, "text"?, "key"}``.
 
-    ``label_key`` names a field of the sample's ``.json`` (or ``cls`` for image folders); ``text_key`` the
-    caption member. With ``captions_key`` (a list field of the ``.json``) the caption is instead one of the
-    image's alternative captions, drawn anew each epoch, as CLIP recipes do with COCO's five captions per image.
+    ``image_key`` names the image member (``jpg``; ``jpg;png``: the first present), ``label_key`` a field of the
+    sample's ``.json`` (or ``cls`` for image folders), ``text_key`` the caption member. With ``captions_key`` (a
+    list field of the ``.json``) the caption is instead one of the image's alternative captions, drawn anew each
+    epoch, as CLIP recipes do with COCO's five captions per image.
     Augmentation and caption draws come from generators seeded by (seed, epoch, key), so they are reproducible
     and survive resumption.
     """
@@ -69,6 +74,7 @@ class SampleDecoder:
     std: tuple[float, ...] = IMAGENET_STD
     augment: Literal["none", "flip", "crop_flip"] = "none"
     seed: int = 0
+    image_key: str | None = None  # the image member ("jpg"), or alternatives "jpg;png"; None: the first of IMAGE_KEYS
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {"key": sample.get("__key__", "")}
@@ -90,9 +96,10 @@ class SampleDecoder:
             except OSError as e:
                 raise DecodeError("unreadable image file", str(e)) from None
         else:
-            data = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
+            keys = self.image_key.lower().split(";") if self.image_key else IMAGE_KEYS
+            data = next((sample[k] for k in keys if k in sample), None)
             if data is None:
-                raise DecodeError("missing image")
+                raise DecodeError("missing image", f"no .{' or .'.join(keys)} member" if self.image_key else "")
         if not data:
             raise DecodeError("empty image")
         try:
@@ -103,11 +110,7 @@ class SampleDecoder:
             raise DecodeError("image too large", str(e)) from None
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
             raise DecodeError("corrupt image", str(e)) from None
-        img = self._geometry(img, rng)
-        x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return (x - mean) / std
+        return normalize_image(self._geometry(img, rng), self.mean, self.std)
 
     def _geometry(self, img: Image.Image, rng: random.Random | None) -> Image.Image:
         size = self.image_size
@@ -122,18 +125,8 @@ class SampleDecoder:
                     img = img.crop((x0, y0, x0 + cw, y0 + ch))
                     break
             img = img.resize((size, size), Image.BICUBIC)
-        else:  # shorter side to `size`, centre crop
-            side = min(w, h)
-            if max(w, h) > 4 * side:  # a sliver (say 1 x 100,000 px): crop its centre square before resizing
-                left, top = (w - side) // 2, (h - side) // 2
-                img, w, h = img.crop((left, top, left + side, top + side)), side, side
-            scale = size / side
-            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-            if (nw, nh) != (w, h):
-                img = img.resize((nw, nh), Image.BICUBIC)
-            left, top = (nw - size) // 2, (nh - size) // 2
-            if (nw, nh) != (size, size):
-                img = img.crop((left, top, left + size, top + size))
+        else:
+            img = resize_center_crop(img, size)
         if self.augment in ("flip", "crop_flip") and rng is not None and rng.random() < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
         return img
@@ -186,3 +179,77 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     if "text" in samples[0]:
         batch["text"] = [s["text"] for s in samples]
     return batch
+
+
+def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """Shorter side to ``size`` (bicubic), then the centre ``size`` x ``size`` square: the evaluation geometry."""
+    w, h = img.size
+    side = min(w, h)
+    if max(w, h) > 4 * side:  # a sliver (say 1 x 100,000 px): crop its centre square before resizing
+        left, top = (w - side) // 2, (h - side) // 2
+        img, w, h = img.crop((left, top, left + side, top + side)), side, side
+    scale = size / side
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    if (nw, nh) != (size, size):
+        img = img.crop((left, top, left + size, top + size))
+    return img
+
+
+def normalize_image(img: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """An RGB image to a (3, H, W) float tensor: pixels / 255, then (x - mean) / std per channel."""
+    x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
+    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """A run's evaluation-time preprocessing, as open_clip's ``preprocess``: a PIL image of any mode -> a (3,
+    image_size, image_size) float tensor, exactly what :class:`SampleDecoder` (``augment="none"``) makes of it.
+
+    ``multimodal.load_model_and_transforms(run)`` returns one built from the run's ``data`` section.
+    """
+
+    image_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))  # a YAML list reads back as a tuple
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        if self.image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {self.image_size}")
+        if len(self.mean) != 3 or len(self.std) != 3 or not all(s > 0 for s in self.std):
+            raise ValueError(f"mean and std need 3 values each, std > 0; got mean={self.mean}, std={self.std}")
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        """(3, image_size, image_size): RGB, shorter side to image_size (bicubic), centre crop, normalised."""
+        if not isinstance(img, Image.Image):
+            raise ValueError(
+                f"the transform takes a PIL image (PIL.Image.open(path)), got {type(img).__name__}; "
+                "give it the image itself, not a tensor or array"
+            )
+        return normalize_image(resize_center_crop(to_rgb(img), self.image_size), self.mean, self.std)
+
+
+def check_images(images: torch.Tensor, image_size: int | None = None, *, who: str = "the model") -> None:
+    """Raise a one-sentence ValueError, naming ``who`` and what to do, unless ``images`` is a float batch (B, 3, S, S)
+    with S = ``image_size`` (any size when None): what :class:`ImageTransform` makes, stacked."""
+    side = "S" if image_size is None else image_size
+    expected = f"a float batch of shape (B, 3, {side}, {side})"
+    fix = "pass images through the transform from multimodal.load_model_and_transforms and stack them"
+    if not isinstance(images, torch.Tensor):
+        got = f"a {type(images).__name__}"
+    elif not images.is_floating_point():
+        got = f"a {images.dtype} tensor of shape {tuple(images.shape)} (raw pixels?)"
+    elif images.ndim == 3 and images.shape[0] == 3:
+        got, fix = f"one image of shape {tuple(images.shape)}", "add a batch dimension: image.unsqueeze(0)"
+    elif images.ndim != 4 or images.shape[1] != 3:
+        got = f"a tensor of shape {tuple(images.shape)}"
+    elif image_size is not None and tuple(images.shape[2:]) != (image_size, image_size):
+        got = f"{images.shape[2]}x{images.shape[3]} images, shape {tuple(images.shape)}"
+    else:
+        return
+    raise ValueError(f"{who} takes {expected}, got {got}; {fix}")

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-from ..config import ConfigError, suggest
+from ..config import ConfigError
 
-__all__ = ["create_model", "list_models", "register_model"]
+__all__ = ["check_model_name", "create_model", "list_models", "register_model"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -29,8 +30,22 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
 
 
+def check_model_name(name: str, *, key: str | None = None) -> None:
+    """A ConfigError naming the closest registered model unless ``name`` is one; ``key``: where the name was given
+    (e.g. ``model.name``), said in the message."""
+    if name in _MODELS:
+        return
+    where = f" ({key})" if key else ""
+    close = difflib.get_close_matches(str(name), _MODELS, n=1, cutoff=0.6)
+    hint = (
+        f"did you mean {close[0]!r}? (multimodal.list_models() lists them)"
+        if close
+        else "see multimodal.list_models()"
+    )
+    raise ConfigError(f"unknown model {name!r}{where}; {hint}")
+
+
 def create_model(name: str, **overrides: Any) -> nn.Module:
     """Build the registered model ``name``; ``overrides`` replace fields of its preset config."""
-    if name not in _MODELS:
-        raise ConfigError(f"unknown model {name!r}{suggest(name, _MODELS)}; see multimodal.list_models()")
+    check_model_name(name)
     return _MODELS[name](**overrides)

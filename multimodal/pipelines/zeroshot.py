@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.transforms import check_images
+
 __all__ = ["ZeroShotClassifier", "imagenet_classnames", "imagenet_templates", "zeroshot_weights"]
 
 
@@ -38,7 +40,11 @@ def zeroshot_weights(
 
 
 class ZeroShotClassifier(nn.Module):
-    """Images -> logits over class names, from a CLIP model and prompt templates; built once, batched."""
+    """Images -> logits over class names, from a CLIP model and prompt templates; built once, batched.
+
+    Images are a float batch (B, 3, S, S) as the run's transform makes them (``multimodal.load_model_and_transforms``),
+    S the image tower's side; anything else is a ValueError saying what to do.
+    """
 
     def __init__(
         self,
@@ -52,6 +58,8 @@ class ZeroShotClassifier(nn.Module):
         super().__init__()
         self.model = model
         self.classnames = list(classnames)
+        vision = getattr(getattr(model, "cfg", None), "vision", None)
+        self.image_size: int | None = getattr(vision, "img_size", None)  # None: a model that takes any size
         self.register_buffer(
             "weights", zeroshot_weights(model, tokenizer, classnames, templates, batch_size=batch_size)
         )
@@ -59,6 +67,7 @@ class ZeroShotClassifier(nn.Module):
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, C) cosine similarities scaled by 100, as in CLIP's zero-shot evaluation."""
+        check_images(images, self.image_size, who="ZeroShotClassifier")
         feats = self.model.encode_image(images, normalize=True).float()  # (B, D)
         return 100.0 * feats @ self.weights
 

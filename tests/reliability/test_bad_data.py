@@ -251,7 +251,7 @@ def bad_shards(tmp_path_factory: pytest.TempPathFactory) -> dict:
     (root / "train" / "000001_stats.json").write_text(json.dumps({"successes": 8}))
 
     card = {
-        "name": "bad-data", "root": str(root), "image_key": "png", "text_key": "txt",
+        "name": "bad-data", "root": str(root), "text_key": "txt",
         "splits": {"train": {"shards": "train/{000000..000001}.tar"}}, "labels": {"color": ["red", "green", "blue"]},
     }  # fmt: skip
     (root / "card.yaml").write_text(yaml.safe_dump(card))

@@ -133,7 +133,8 @@ CASES = {
     ),
     "dataset_card_is_a_shard": (
         "training.train", ["{recipe}", "data.dataset={shard}"],
-        "error: {shard} is not UTF-8 text, so not a YAML file; pass a .yaml recipe or card",
+        "error: dataset 'data' has no labels, which a classification task needs; set data.dataset to an image folder "
+        "with class subfolders or a card that declares labels (see datasets/README.md)",
     ),
     "prior_on_a_classifier": (
         "training.train", ["{root}/prior-on-vit.yaml"],
@@ -225,11 +226,13 @@ CASES = {
     ),
     "shard_as_the_dataset": (
         "eval.classify", ["--checkpoint", "{vit}", "--dataset", "{shard}"],
-        "error: {shard} is not UTF-8 text, so not a YAML file; pass a .yaml recipe or card",
+        "error: dataset 'data' has no label 'color_shape': it has no labels at all "
+        "(a card declares them under labels:, see datasets/README.md)",
     ),
     "shard_folder_as_the_dataset": (
         "eval.classify", ["--checkpoint", "{vit}", "--dataset", "{shards}"],
-        "error: {shards}/train has no class subfolders; an image folder dataset needs <root>/<class>/<image>",
+        "error: dataset 'data' has no label 'color_shape': it has no labels at all "
+        "(a card declares them under labels:, see datasets/README.md)",
     ),
     "result_path_is_a_directory": (
         "eval.classify", ["--checkpoint", "{vit}", "--out", "{out-dir}"],

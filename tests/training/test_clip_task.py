@@ -83,10 +83,13 @@ def test_siglip_loss_trains(tiny_shapes, tmp_path):
     assert "logit_bias" in _weights(tmp_path / "s")
 
 
-def test_random_captions_need_a_card_with_caption_lists(tiny_shapes, tmp_path):
+def test_random_captions_without_caption_lists_train_on_the_text_member_and_say_so(tiny_shapes, tmp_path):
     card = yaml.safe_load(tiny_shapes.read_text())
     del card["captions_key"]
     path = tmp_path / "no-captions.yaml"
     path.write_text(yaml.safe_dump(card))
-    with pytest.raises(ValueError, match=r"declares no captions_key; set data\.caption_sampling=fixed"):
+    with pytest.warns(
+        UserWarning, match=r"has no alternative captions \(captions_key\), so data\.caption_sampling=random"
+    ):
         train_recipe(tmp_path, clip_recipe(path, tmp_path / "x"))
+    assert yaml.safe_load((tmp_path / "x" / "config.yaml").read_text())["data"]["caption_sampling"] == "fixed"

@@ -224,3 +224,29 @@ def test_ema_warmup_decay_and_its_checkpointed_count():
     legacy = ModelEma(model, 0.99)
     legacy.load_state_dict(model.state_dict())  # a checkpoint from before the count was kept: no warmup left
     assert legacy.current_decay() == 0.99
+
+
+def test_auto_threads_follow_the_load_and_a_resumed_run_keeps_its_count(tiny_shapes, tmp_path, monkeypatch, capsys):
+    from multimodal import cli
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    recipe = tiny_recipe(tiny_shapes, tmp_path / "run")
+    try:
+        monkeypatch.setattr(cli, "busy_cores", lambda: 1.0)  # another job on one of the two cores
+        _train(tmp_path, recipe, ["train.stop_at=4"])
+        assert "1 of 2 cores busy with other work; computing with 1 thread(s)" in capsys.readouterr().err
+        state = json.loads((tmp_path / "run" / "checkpoints" / "step-00000004" / "state.json").read_text())
+        assert state["threads"] == 1
+        monkeypatch.setattr(cli, "busy_cores", lambda: 0.0)  # the machine is free now: auto alone would take 2
+        _train(tmp_path, recipe, ["resume=latest"])
+        out = capsys.readouterr().out
+        assert "resuming with the 1 thread(s) the run computed with" in out and "2 thread(s)" not in out
+        assert torch.get_num_threads() == 1
+        state = json.loads((tmp_path / "run" / "checkpoints" / "step-00000008" / "state.json").read_text())
+        assert state["threads"] == 1
+        with pytest.raises(Exception, match=r"train\.threads must be >= 1, or 0 for auto"):
+            load_config(write_recipe(tmp_path / "bad.yaml", recipe), ["train.threads=-1"])
+    finally:
+        torch.set_num_threads(before)

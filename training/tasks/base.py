@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -49,6 +51,24 @@ class Task(ABC):
             start_batch=start_batch,
         )
         return make_loader(stream, num_workers=d.num_workers, seed=self.cfg.run.seed)
+
+    def warn(self, message: str) -> None:
+        """``warnings.warn`` once per run, not once per process: on the main process only."""
+        rank = self.acc.process_index if self.acc is not None else int(os.environ.get("RANK", "0"))
+        if rank == 0:
+            warnings.warn(message, stacklevel=3)
+
+    def warn_small_split(self, dataset: str, split: str, num_samples: int | None) -> None:
+        """Warn when a training split holds fewer samples than one batch of all processes."""
+        world = self.rank_world()[1]
+        batch = self.cfg.data.batch_size * world
+        if num_samples and num_samples < batch:
+            processes = f"{world} process" + ("es" if world > 1 else "")
+            self.warn(
+                f"dataset {dataset!r} split {split!r} has {num_samples} samples, fewer than one batch of {batch} "
+                f"(data.batch_size x {processes}): every batch repeats samples about {batch / num_samples:.0f} "
+                "times; lower data.batch_size"
+            )
 
     def resolve(self) -> TrainConfig:
         return self.cfg

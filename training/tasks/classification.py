@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eval.classify import eval_stream, evaluate_classifier
+from multimodal.config import ConfigError
 from multimodal.data import SampleDecoder, SkipStats, collate, ensure_dataset, load_card, make_loader
 from multimodal.data.stream import folder_samples
 
@@ -22,13 +23,16 @@ class ClassificationTask(Task):
     def __init__(self, cfg: TrainConfig, acc=None) -> None:
         super().__init__(cfg, acc)
         self.card = load_card(cfg.data.dataset)
-        self.label = cfg.data.label or next(iter(self.card.labels), None)
-        if self.label is None:
-            raise ValueError(f"dataset {self.card.name!r} has no labels; a classification task needs them")
-        self.classes = self.card.class_names(self.label)
-        self.card.split(cfg.data.train_split)
+        if not self.card.labels:
+            raise ConfigError(
+                f"dataset {self.card.name!r} has no labels, which a classification task needs; set data.dataset to "
+                "an image folder with class subfolders or a card that declares labels (see datasets/README.md)"
+            )
+        self.label = cfg.data.label or next(iter(self.card.labels))
+        self.classes = self.card.class_names(self.label, key="data.label")
+        self.card.split(cfg.data.train_split, key="data.train_split")
         if cfg.data.eval_split is not None:
-            self.card.split(cfg.data.eval_split)
+            self.card.split(cfg.data.eval_split, key="data.eval_split")
 
     def resolve(self) -> TrainConfig:
         """Fill in the label key, the class count and the image size the data implies."""
@@ -49,6 +53,7 @@ class ClassificationTask(Task):
         d = self.cfg.data
         return SampleDecoder(
             image_size=d.image_size,
+            image_key=self.card.image_key,
             label_key="cls" if self.card.format == "folder" else self.label,
             mean=d.mean,
             std=d.std,
@@ -58,11 +63,12 @@ class ClassificationTask(Task):
 
     def train_batches(self, start_batch: int) -> Iterable[dict[str, Any]]:
         split = self.cfg.data.train_split
-        source: dict[str, Any] = (
-            {"items": folder_samples(self.card.folder(split))}
-            if self.card.format == "folder"
-            else {"urls": self.card.shard_urls(split)}
-        )
+        if self.card.format == "folder":
+            source: dict[str, Any] = {"items": folder_samples(self.card.folder(split))}
+            num_samples = len(source["items"])
+        else:
+            source, num_samples = {"urls": self.card.shard_urls(split)}, self.card.split(split).num_samples
+        self.warn_small_split(self.card.name, split, num_samples)
         return self.train_loader(source, decode=self._decoder(train=True), collate=collate, start_batch=start_batch)
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:

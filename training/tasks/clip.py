@@ -11,6 +11,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from eval.zeroshot import zeroshot_evaluate
+from multimodal.config import ConfigError
 from multimodal.data import SampleDecoder, SkipStats, collate, ensure_dataset, load_card
 from multimodal.losses import ClipLoss, SigLipLoss, cached_contrastive_backward, split_batch
 
@@ -27,31 +28,77 @@ def _collate_tokens(samples: list[dict[str, Any]], tokenizer) -> dict[str, Any]:
 
 
 class ClipTask(Task):
-    """CLIP on (image, caption) pairs of a card; zero-shot top-1/top-5 on ``task.zeroshot_splits``."""
+    """CLIP on (image, caption) pairs of a card; zero-shot top-1/top-5 on ``task.zeroshot_splits``.
+
+    Recipe settings the dataset cannot serve (random captions without a ``captions_key``, zero-shot splits or a
+    label it lacks) are adapted with one warning each, and :meth:`resolve` records what was done, so a recipe made
+    for shapes trains on any image-text shards.
+    """
 
     def __init__(self, cfg: TrainConfig, acc=None) -> None:
         super().__init__(cfg, acc)
         self.card = load_card(cfg.data.dataset)
         if self.card.format == "folder":
-            raise ValueError(f"CLIP needs captions; {self.card.name} is an image folder without any")
-        if cfg.data.caption_sampling == "random" and self.card.captions_key is None:
-            raise ValueError(
-                f"data.caption_sampling=random draws from the card's alternative captions, but dataset "
-                f"{self.card.name!r} declares no captions_key; set data.caption_sampling=fixed or add captions_key"
+            raise ConfigError(
+                f"CLIP needs captions, and {self.card.name!r} is an image folder without any; set data.dataset to "
+                "WebDataset shards of image-text pairs or a card of them (see datasets/README.md)"
             )
-        self.label = cfg.data.label or next(iter(self.card.labels), None)
-        self.splits = list(cfg.task.zeroshot_splits) or ([cfg.data.eval_split] if cfg.data.eval_split else [])
-        for split in [cfg.data.train_split, *self.splits]:
-            self.card.split(split)
-        if self.splits and self.label is None:
-            raise ValueError(
-                f"dataset {self.card.name!r} has no labels to zero-shot classify; set data.eval_split=null"
+        self.card.split(cfg.data.train_split, key="data.train_split")
+        self.caption_sampling = cfg.data.caption_sampling
+        if self.caption_sampling == "random" and self.card.captions_key is None:
+            self.caption_sampling = "fixed"
+            self.warn(
+                f"dataset {self.card.name!r} has no alternative captions (captions_key), so "
+                f"data.caption_sampling=random trains on each sample's .{self.card.text_key} caption; set "
+                "data.caption_sampling=fixed to silence this"
             )
+        self.label, self.splits = self._zeroshot_plan()
         self._tokenizer = None
         self._loss: nn.Module | None = None
 
+    def _zeroshot_plan(self) -> tuple[str | None, list[str]]:
+        """The label and the splits to zero-shot classify: those the recipe asks for that the card has."""
+        d, card = self.cfg.data, self.card
+        label = d.label or next(iter(card.labels), None)
+        if self.cfg.task.zeroshot_splits:
+            asked, keys = list(self.cfg.task.zeroshot_splits), "task.zeroshot_splits, data.eval_split"
+            silence = "task.zeroshot_splits=[] data.eval_split=null"
+        else:
+            asked, keys, silence = [d.eval_split] if d.eval_split else [], "data.eval_split", "data.eval_split=null"
+        if not asked:
+            return label, []
+        present = [s for s in asked if s in card.splits]
+        if not card.labels or not present:
+            kept = label if label in card.labels else None
+            self.warn(
+                f"dataset {card.name!r} has no split {' or '.join(map(repr, asked))} with labels, so there is no "
+                f"zero-shot evaluation during training ({keys}{', data.label' if label != kept else ''}); set "
+                f"{silence} to silence this"
+            )
+            return kept, []
+        if label not in card.labels:
+            first = next(iter(card.labels))
+            self.warn(
+                f"dataset {card.name!r} has no label {label!r}, so zero-shot evaluation uses its label {first!r} "
+                f"(data.label); set data.label={first} to silence this"
+            )
+            label = first
+        if len(present) < len(asked):
+            missing = " or ".join(repr(s) for s in asked if s not in present)
+            self.warn(
+                f"dataset {card.name!r} has no split {missing}, so zero-shot evaluation during training covers "
+                f"{', '.join(map(repr, present))} only (task.zeroshot_splits); set "
+                f"task.zeroshot_splits=[{','.join(present)}] to silence this"
+            )
+        return label, present
+
     def resolve(self) -> TrainConfig:
-        return self.cfg.replace(data={"label": self.label})
+        """The recipe as it will run: the label, the caption sampling and the zero-shot splits the card allows."""
+        zeroshot = tuple(self.splits) if self.cfg.task.zeroshot_splits else ()
+        data = {"label": self.label, "caption_sampling": self.caption_sampling}
+        if not self.splits:
+            data["eval_split"] = None
+        return self.cfg.replace(task={"zeroshot_splits": zeroshot}, data=data)
 
     def prepare_data(self) -> None:
         ensure_dataset(self.card, progress=True)
@@ -79,8 +126,9 @@ class ClipTask(Task):
         d = self.cfg.data
         return SampleDecoder(
             image_size=d.image_size,
+            image_key=self.card.image_key,
             text_key=self.card.text_key if train else None,
-            captions_key=self.card.captions_key if train and d.caption_sampling == "random" else None,
+            captions_key=self.card.captions_key if train and self.caption_sampling == "random" else None,
             label_key=label,
             mean=d.mean,
             std=d.std,
@@ -89,8 +137,10 @@ class ClipTask(Task):
         )
 
     def train_batches(self, start_batch: int) -> Iterable[dict[str, Any]]:
+        split = self.cfg.data.train_split
+        self.warn_small_split(self.card.name, split, self.card.split(split).num_samples)
         return self.train_loader(
-            {"urls": self.card.shard_urls(self.cfg.data.train_split)},
+            {"urls": self.card.shard_urls(split)},
             decode=self._decoder(train=True),
             collate=partial(_collate_tokens, tokenizer=self.tokenizer),
             start_batch=start_batch,

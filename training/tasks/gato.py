@@ -197,6 +197,7 @@ class GatoTask(Task):
         card = self.cards[name]
         return SampleDecoder(
             image_size=self.cfg.data.image_size,
+            image_key=card.image_key,
             text_key=card.text_key if train else None,
             captions_key=card.captions_key if train and self.cfg.data.caption_sampling == "random" else None,
             mean=(0.0, 0.0, 0.0),  # pixels stay in [0, 1]: the tokenizer normalises patches itself

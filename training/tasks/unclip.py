@@ -192,8 +192,8 @@ class DecoderTask(_ClipConditioned):
         d = self.cfg.data
         random_captions = d.caption_sampling == "random" and self.card.captions_key is not None
         decoder = SampleDecoder(
-            image_size=d.image_size, text_key=self.card.text_key, seed=self.cfg.run.seed,
-            captions_key=self.card.captions_key if random_captions else None, **UNIT_RANGE,
+            image_size=d.image_size, image_key=self.card.image_key, text_key=self.card.text_key,
+            seed=self.cfg.run.seed, captions_key=self.card.captions_key if random_captions else None, **UNIT_RANGE,
         )  # fmt: skip
         tokenizer = ClipTokenizer(context_length=self.clip.cfg.text.context_length)
         return self.train_loader(
@@ -270,7 +270,9 @@ class UpsamplerTask(Task):
         return model
 
     def _decoder(self) -> SampleDecoder:
-        return SampleDecoder(image_size=self.cfg.data.image_size, seed=self.cfg.run.seed, **UNIT_RANGE)
+        return SampleDecoder(
+            image_size=self.cfg.data.image_size, image_key=self.card.image_key, seed=self.cfg.run.seed, **UNIT_RANGE
+        )
 
     def _source(self, split: str) -> dict[str, Any]:
         if self.card.format == "folder":
