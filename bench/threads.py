@@ -31,15 +31,17 @@ while True:
 """
 
 
-def generate(checkpoint: str, threads: str, images: int, out: Path) -> tuple[float, str]:
-    """Wall seconds of one generate process and the SHA-256 of its grid."""
+def generate(checkpoint: str, threads: str, images: int, out: Path) -> tuple[float, str, bool]:
+    """Wall seconds of one generate process, the SHA-256 of its grid, and whether auto took fewer threads than
+    cores (its ``note:`` line)."""
     per_prompt = max(1, images // len(PROMPTS))
     cmd = [sys.executable, "-m", "multimodal.generate", "--checkpoint", checkpoint, *PROMPTS, "--n", str(per_prompt),
            "--threads", threads, "--out", str(out)]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # let --threads decide
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True, env=env)
-    return time.perf_counter() - start, hashlib.sha256(out.read_bytes()).hexdigest()
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - start
+    return seconds, hashlib.sha256(out.read_bytes()).hexdigest(), "cores busy with other work" in done.stderr
 
 
 def main() -> None:
@@ -60,22 +62,25 @@ def main() -> None:
             time.sleep(3)  # past its start-up, into its loop
         try:
             times = {s: [] for s in settings}
+            fewer = {s: 0 for s in settings}
             for _ in range(args.repeats):  # settings interleaved, so drift hits them alike
                 for setting in settings:
-                    seconds, digest = generate(args.checkpoint, setting, args.images, out)
+                    seconds, digest, took_fewer = generate(args.checkpoint, setting, args.images, out)
                     times[setting].append(seconds)
+                    fewer[setting] += took_fewer
                     digests.add(digest)
         finally:
             if competitor is not None:
                 competitor.kill()
                 competitor.wait()
-        rows += [(state, s, times[s]) for s in settings]
+        rows += [(state, s, times[s], fewer[s]) for s in settings]
     cores = len(os.sched_getaffinity(0))
     print(f"{args.images} images per command, {cores} cores, {args.repeats} runs each (median, min-max)")
-    print("| machine | --threads | seconds (median) | min | max |")
-    print("|---|---|---:|---:|---:|")
-    for state, setting, t in rows:
-        print(f"| {state} | {setting} | {statistics.median(t):.1f} | {min(t):.1f} | {max(t):.1f} |")
+    print("| machine | --threads | seconds (median) | min | max | runs where auto left cores to others |")
+    print("|---|---|---:|---:|---:|---:|")
+    for state, setting, t, n in rows:
+        left = f"{n} of {len(t)}" if setting == "auto" else ""
+        print(f"| {state} | {setting} | {statistics.median(t):.1f} | {min(t):.1f} | {max(t):.1f} | {left} |")
     print(f"grids byte-identical across all runs: {len(digests) == 1}")
 
 
