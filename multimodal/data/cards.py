@@ -180,7 +180,8 @@ def _split_order(folder: Path) -> tuple[int, str]:
 
 
 def _shards_card(path: Path) -> DatasetCard:
-    """A card for a folder of img2dataset-style shards: ``*.tar`` (split train) or ``<split>/*.tar``."""
+    """A card for a folder of img2dataset-style shards: ``*.tar`` (split train) or ``<split>/*.tar``; named after the
+    folder (after the one above it when the folder itself is called train, val, validation or test)."""
     path = path.resolve()
     layout = _shard_layout(path)
     splits = {
@@ -188,7 +189,8 @@ def _shards_card(path: Path) -> DatasetCard:
         for name, tars in layout.items()
     }
     first = next(iter(layout.values()))[0]
-    return DatasetCard(name=path.name, root=str(path), image_key=_image_key(first), splits=splits, source=str(path))
+    name = path.parent.name if path.name in _SPLIT_DIRS else path.name  # mywds/train/*.tar is dataset mywds
+    return DatasetCard(name=name, root=str(path), image_key=_image_key(first), splits=splits, source=str(path))
 
 
 def _pattern_card(pattern: str) -> DatasetCard:

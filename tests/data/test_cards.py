@@ -96,6 +96,7 @@ def test_a_flat_folder_of_shards_is_split_train_counted_from_its_stats(tmp_path)
     assert (card.image_key, card.text_key, card.captions_key, card.labels) == ("jpg", "txt", None, {})
     assert card.templates == ("a photo of a {}.",)
     assert card.shard_urls("train") == [str(u) for u in urls]
+    assert load_card(write_img2dataset_shards(tmp_path / "other" / "train")[0].parent).name == "other"
 
 
 def test_split_subfolders_of_shards_become_splits_counted_from_the_tars(tmp_path):
