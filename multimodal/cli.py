@@ -85,9 +85,9 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads",
         type=_threads,
-        default=0,
+        default="auto",  # argparse passes a string default through type: 0
         metavar="N|auto",
-        help="CPU threads for PyTorch; auto (0) takes the cores no other job is using right now, so a busy shared "
+        help="CPU threads for PyTorch; auto takes the cores no other job is using right now, so a busy shared "
         "machine does not slow the work down by oversubscription; OMP_NUM_THREADS, when set, wins over auto",
     )
 
