@@ -129,7 +129,7 @@ CASES = {
     ),
     "missing_dataset_card": (
         "training.train", ["{recipe}", "data.dataset={root}/missing.yaml"],
-        "error: dataset card '{root}/missing.yaml' does not exist",
+        "error: data.dataset={root}/missing.yaml: dataset card '{root}/missing.yaml' does not exist",
     ),
     "dataset_card_is_a_shard": (
         "training.train", ["{recipe}", "data.dataset={shard}"],

@@ -139,3 +139,14 @@ def test_a_labelled_card_is_evaluated_on_the_splits_and_label_it_has(tiny_shapes
     assert not [w for w in record if "tiny-shapes" in str(w.message)]
     with pytest.raises(ValueError, match=r"^dataset 'tiny-shapes' has no split 'val'; set data.train_split to one "):
         ClipTask(TrainConfig.load(RECIPE, [f"data.dataset={path}", "data.train_split=val"]))
+
+
+def test_a_dataset_that_cannot_be_read_is_an_error_naming_data_dataset(tmp_path):
+    pattern = f"{tmp_path}/mywds/{{00000..00003}}.tar"
+    write_img2dataset_shards(tmp_path / "mywds", shards=2, per_shard=2)
+    proc = run_cli("-m", "training.train", str(RECIPE), f"data.dataset={pattern}", f"run.out_dir={tmp_path / 'r'}")
+    assert proc.returncode == 2 and not (tmp_path / "r").exists()
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: data.dataset={pattern}: 2 of the 4 shards of '{pattern}' do not exist, "
+        f"e.g. {tmp_path}/mywds/00002.tar; check the folder and the brace range"
+    )

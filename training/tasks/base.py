@@ -11,7 +11,8 @@ from typing import Any
 from accelerate import Accelerator
 from torch import Tensor, nn
 
-from multimodal.data import SampleStream, SkipStats, make_loader
+from multimodal.data import SampleStream, SkipStats, load_card, make_loader
+from multimodal.data.cards import DatasetCard
 
 from ..config import TrainConfig
 
@@ -51,6 +52,13 @@ class Task(ABC):
             start_batch=start_batch,
         )
         return make_loader(stream, num_workers=d.num_workers, seed=self.cfg.run.seed)
+
+    def load_card(self) -> DatasetCard:
+        """The card of ``data.dataset``; an error names the key, so the user knows what to change."""
+        try:
+            return load_card(self.cfg.data.dataset)
+        except (ValueError, OSError) as e:
+            raise type(e)(f"data.dataset={self.cfg.data.dataset}: {e}") from None
 
     def warn(self, message: str) -> None:
         """``warnings.warn`` once per run, not once per process: on the main process only."""

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from eval.classify import eval_stream, evaluate_classifier
 from multimodal.config import ConfigError
-from multimodal.data import SampleDecoder, SkipStats, collate, ensure_dataset, load_card, make_loader
+from multimodal.data import SampleDecoder, SkipStats, collate, ensure_dataset, make_loader
 from multimodal.data.stream import folder_samples
 
 from ..config import TrainConfig
@@ -22,7 +22,7 @@ class ClassificationTask(Task):
 
     def __init__(self, cfg: TrainConfig, acc=None) -> None:
         super().__init__(cfg, acc)
-        self.card = load_card(cfg.data.dataset)
+        self.card = self.load_card()
         if not self.card.labels:
             raise ConfigError(
                 f"dataset {self.card.name!r} has no labels, which a classification task needs; set data.dataset to "

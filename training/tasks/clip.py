@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from eval.zeroshot import zeroshot_evaluate
 from multimodal.config import ConfigError
-from multimodal.data import SampleDecoder, SkipStats, collate, ensure_dataset, load_card
+from multimodal.data import SampleDecoder, SkipStats, collate, ensure_dataset
 from multimodal.losses import ClipLoss, SigLipLoss, cached_contrastive_backward, split_batch
 
 from ..config import TrainConfig
@@ -37,7 +37,7 @@ class ClipTask(Task):
 
     def __init__(self, cfg: TrainConfig, acc=None) -> None:
         super().__init__(cfg, acc)
-        self.card = load_card(cfg.data.dataset)
+        self.card = self.load_card()
         if self.card.format == "folder":
             raise ConfigError(
                 f"CLIP needs captions, and {self.card.name!r} is an image folder without any; set data.dataset to "

@@ -21,7 +21,7 @@ from torchvision.utils import save_image
 
 from multimodal import load_checkpoint
 from multimodal.checkpoint import read_run_config
-from multimodal.data import SampleDecoder, SkipStats, collate, ensure_dataset, load_card
+from multimodal.data import SampleDecoder, SkipStats, collate, ensure_dataset
 from multimodal.data.embeddings import ClipEmbeddings, cached_clip_embeddings
 
 from ..config import TrainConfig
@@ -54,7 +54,7 @@ class _ClipConditioned(Task):
                 "(configs/clip/shapes.yaml for the shapes recipes) or point task.clip at its run"
             )
         read_run_config(cfg.task.clip, task="clip")  # a run of another family is a clear error here
-        self.card = load_card(cfg.data.dataset)
+        self.card = self.load_card()
         if self.card.format == "folder":
             raise ValueError(f"unCLIP needs captions; {self.card.name} is an image folder without any")
         self._clip: nn.Module | None = None
@@ -255,7 +255,7 @@ class UpsamplerTask(Task):
 
     def __init__(self, cfg: TrainConfig, acc=None) -> None:
         super().__init__(cfg, acc)
-        self.card = load_card(cfg.data.dataset)
+        self.card = self.load_card()
 
     def prepare_data(self) -> None:
         ensure_dataset(self.card, progress=True)
