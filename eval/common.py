@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from multimodal.cli import HelpFormatter, add_threads_argument, run_cli
 from multimodal.data import SampleDecoder
 from multimodal.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from multimodal.io import atomic_write_json
 
 __all__ = ["base_parser", "run_cli", "run_decoder", "write_result"]
 
@@ -32,10 +32,7 @@ def run_decoder(
 
 def write_result(path: Path, result: dict[str, Any]) -> None:
     """Write ``result`` as JSON through a temporary file and a rename, then say where."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write_json(path, result, indent=2)
     print(f"wrote {path}")
 
 

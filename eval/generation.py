@@ -37,7 +37,8 @@ from multimodal.cli import HelpFormatter, add_threads_argument
 from multimodal.config import ConfigError
 from multimodal.data import load_card
 from multimodal.data.cards import ensure_dataset
-from multimodal.generate import load_pipeline, make_grid, save_atomic
+from multimodal.generate import load_pipeline, make_grid
+from multimodal.io import atomic_save_image
 from multimodal.tokenizers import ClipTokenizer
 
 from .classify import eval_stream
@@ -216,7 +217,7 @@ def evaluate_generation(
                 from multimodal.pipelines.unclip import _to_pil
 
                 grid = make_grid(_to_pil(images_t), columns=n)
-                save_atomic(grid, grid_dir / f"{grid_prefix}{cond}-{split}.png")
+                atomic_save_image(grid, grid_dir / f"{grid_prefix}{cond}-{split}.png")
         per_split["seconds"] = round(time.perf_counter() - started, 1)
         results[cond] = per_split
 

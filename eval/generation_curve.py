@@ -20,7 +20,8 @@ from PIL import Image, ImageDraw
 from multimodal.checkpoint import read_run_config
 from multimodal.cli import HelpFormatter, add_threads_argument
 from multimodal.config import ConfigError
-from multimodal.generate import load_pipeline, save_atomic
+from multimodal.generate import load_pipeline
+from multimodal.io import atomic_save_image
 
 from .common import run_cli, write_result
 from .generation import Judge, evaluate_generation
@@ -68,7 +69,7 @@ def plot_curve(points: list[dict[str, Any]], path: Path, *, goal: float | None =
             d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
         d.text((pts[-1][0] - 60, pts[-1][1] - 16), key, fill=color)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic(img, path)
+    atomic_save_image(img, path)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

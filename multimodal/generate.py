@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .checkpoint import describe_run, read_run_config
 from .cli import HelpFormatter, add_threads_argument, run_cli
 from .config import ConfigError
+from .io import atomic_save_image
 from .models.diffusion import SAMPLERS
 from .tokenizers import check_prompts
 
@@ -111,13 +112,6 @@ def default_cell(size: int, minimum: int = 128) -> int:
     return size * max(1, -(-minimum // size))
 
 
-def save_atomic(image: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format=path.suffix.lstrip(".").upper().replace("JPG", "JPEG") or "PNG")
-    tmp.replace(path)
-
-
 def run(args: argparse.Namespace) -> None:
     """Check the arguments (prompts first: a bad one fails before anything loads), generate, and write the grid."""
     check_prompts(args.prompts)
@@ -143,7 +137,7 @@ def run(args: argparse.Namespace) -> None:
     if cell != size:
         images = [im.resize((cell, cell), Image.Resampling.NEAREST) for im in images]
     labels = None if args.no_labels else args.prompts
-    save_atomic(make_grid(images, columns=args.n, labels=labels), out)
+    atomic_save_image(make_grid(images, columns=args.n, labels=labels), out)
     shown = f", shown at {cell} px" if cell != size else ""
     print(f"wrote {out}: {len(args.prompts)} prompt(s) x {args.n} images of {size} px{shown}")
     if args.save:

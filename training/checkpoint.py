@@ -24,10 +24,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from multimodal.cli import one_line
+from multimodal.io import atomic_path, atomic_write_text
 
 __all__ = [
     "CheckpointError",
-    "atomic_write_text",
     "find_latest",
     "list_checkpoints",
     "load_state",
@@ -40,24 +40,11 @@ _WRITE_ERRORS = (OSError, SafetensorError, RuntimeError)
 _STEP_DIR = re.compile(r"^(?:\.old-)?step-(\d{8})$")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename, fsynced."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Weights only, as safetensors, through a temporary file and a rename."""
+    """Weights only, as safetensors, through a temporary file and a rename, fsynced."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp), metadata=metadata or {"format": "pt"})
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path, fsync=True) as tmp:
+        save_file(state, str(tmp), metadata=metadata or {"format": "pt"})
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -123,7 +110,7 @@ def save_checkpoint(
                 save_weights(acc.unwrap_model(model), tmp / "model.safetensors")
                 if ema is not None:
                     save_weights(ema, tmp / "model_ema.safetensors")
-                atomic_write_text(tmp / "state.json", json.dumps(state, indent=2))
+                atomic_write_text(tmp / "state.json", json.dumps(state, indent=2), fsync=True)
         except _WRITE_ERRORS as e:  # safetensors and torch.save report a failed write(2) in their own types
             error = e
     if _failed_anywhere(acc, error is not None or not tmp.is_dir()):
@@ -148,12 +135,10 @@ def save_checkpoint(
         try:
             for name in ("model.safetensors", "model_ema.safetensors"):
                 if (final / name).exists():
-                    shutil.copyfile(final / name, run_dir / f".{name}.tmp")
-                    os.replace(run_dir / f".{name}.tmp", run_dir / name)
+                    with atomic_path(run_dir / name) as tmp_file:
+                        shutil.copyfile(final / name, tmp_file)
         except _WRITE_ERRORS as e:
             error = e
-            for name in ("model.safetensors", "model_ema.safetensors"):
-                (run_dir / f".{name}.tmp").unlink(missing_ok=True)
     if _failed_anywhere(acc, error is not None):
         raise CheckpointError(
             f"checkpoint {final} is complete, but copying its weights to {run_dir} failed: "

@@ -31,8 +31,9 @@ from tqdm.auto import tqdm
 from multimodal.cli import USER_ERRORS, HelpFormatter, configure_threads, one_line, one_line_warnings
 from multimodal.config import ConfigError
 from multimodal.data import SkipStats
+from multimodal.io import atomic_write_json, atomic_write_text
 
-from .checkpoint import CheckpointError, atomic_write_text, find_latest, load_state, remove_folder, save_checkpoint
+from .checkpoint import CheckpointError, find_latest, load_state, remove_folder, save_checkpoint
 from .config import TrainConfig
 from .ema import ModelEma
 from .optim import build_optimizer, build_scheduler
@@ -202,7 +203,7 @@ class MetricsLog:
         if acc.is_main_process and resume_step is not None and path.exists():
             steps = [(line, _record_step(line)) for line in path.read_text().splitlines()]
             kept = [line for line, step in steps if step is not None and step <= resume_step]
-            atomic_write_text(path, "".join(line + "\n" for line in kept))
+            atomic_write_text(path, "".join(line + "\n" for line in kept), fsync=True)
 
     def log(self, step: int, values: dict[str, Any]) -> None:
         if not self.acc.is_main_process:
@@ -301,7 +302,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     acc.wait_for_everyone()  # every process decides before the main one writes config.yaml into the run directory
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml(), fsync=True)
         if resume_from is None and cfg.run.overwrite:
             _clear_run(run_dir)
     set_seed(cfg.run.seed)
@@ -514,7 +515,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "data": carried.to_json(),
     }
     if acc.is_main_process:
-        atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+        atomic_write_json(run_dir / "results.json", results, fsync=True)
         print(f"run {run_dir}: {state.step} steps, {state.samples} samples, {results['wall_seconds']:.0f} s")
         if eval_results:
             print(_format_eval(state.step, eval_results, cfg.data.eval_split))

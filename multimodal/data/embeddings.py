@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..io import atomic_save_safetensors
 from .cards import DatasetCard
 from .stream import SampleStream
 from .transforms import SampleDecoder, collate
@@ -66,11 +66,8 @@ class ClipEmbeddings:
 
     def save(self, path: Path, metadata: dict[str, str]) -> None:
         """Write atomically (a temporary file renamed into place)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
         tensors = {"image_embeds": self.image_embeds, "tokens": self.tokens, "num_captions": self.num_captions}
-        save_file(tensors, str(tmp), metadata={**metadata, "keys": json.dumps(self.keys)})
-        tmp.replace(path)
+        atomic_save_safetensors(tensors, path, metadata={**metadata, "keys": json.dumps(self.keys)})
 
     @classmethod
     def load(cls, path: Path) -> tuple[ClipEmbeddings, dict[str, str]]:

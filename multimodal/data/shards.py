@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 from typing import Any
+
+from ..io import atomic_write_bytes
 
 MANIFEST_NAME = "manifest.json"
 SHARD_DIGITS = 6
@@ -59,18 +60,8 @@ def _encode(key: str, ext: str, value: Any) -> bytes:
     raise ValueError(f"sample {key!r}: field {ext!r} must be bytes, str, dict or list, got {type(value).__name__}")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through ``path.tmp``, fsynced, and a rename: the file is whole or absent."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_shard(path: Path, samples: Iterable[Sample]) -> int:
-    """Write ``samples`` to the tar file ``path`` (via ``path.tmp`` and a rename) plus its stats file.
+    """Write ``samples`` to the tar file ``path`` (atomically, fsynced) plus its stats file.
 
     Each sample is ``{"__key__": str, ext: bytes | str | dict, ...}``; fields are stored as ``<key>.<ext>``
     in sorted extension order with fixed header fields, so equal samples give byte-identical shards.
@@ -98,10 +89,10 @@ def write_shard(path: Path, samples: Iterable[Sample]) -> int:
                 info.uname = info.gname = ""
                 tar.addfile(info, io.BytesIO(data))
             count += 1
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue(), fsync=True)
     stats = {"count": count, "successes": count, "failed_to_download": 0, "failed_to_resize": 0}
     stats_path = path.with_name(path.name.removesuffix(".tar") + "_stats.json")
-    atomic_write_bytes(stats_path, (json.dumps(stats, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    atomic_write_bytes(stats_path, (json.dumps(stats, indent=2, sort_keys=True) + "\n").encode("utf-8"), fsync=True)
     return count
 
 
@@ -109,7 +100,7 @@ def clear_split(out_dir: Path) -> None:
     """Create ``out_dir`` and remove any shards, stats files and temporary files left in it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for pattern in ("*.tar", "*.tar.tmp", "*_stats.json", "*_stats.json.tmp"):
+    for pattern in ("*.tar", "*.tar*.tmp", "*_stats.json", "*_stats.json*.tmp"):
         for stale in out_dir.glob(pattern):
             stale.unlink()
 
@@ -157,7 +148,7 @@ def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    atomic_write_bytes(out_dir / MANIFEST_NAME, text.encode("utf-8"))
+    atomic_write_bytes(out_dir / MANIFEST_NAME, text.encode("utf-8"), fsync=True)
 
 
 def read_manifest(out_dir: Path) -> dict[str, Any] | None:

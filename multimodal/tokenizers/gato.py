@@ -50,6 +50,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..io import atomic_write_json
+
 __all__ = [
     "TOKENIZER_FILE",
     "Continuous",
@@ -561,9 +563,7 @@ class GatoTokenizer:
 
     def save(self, path: str | Path) -> None:
         """Write :meth:`to_dict` as JSON, through a temporary file and a rename (never half-written)."""
-        from ..data.shards import atomic_write_bytes
-
-        atomic_write_bytes(Path(path), (json.dumps(self.to_dict(), indent=1) + "\n").encode("utf-8"))
+        atomic_write_json(path, self.to_dict(), indent=1, fsync=True)
 
     @classmethod
     def load(cls, path: str | Path) -> GatoTokenizer:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file
 
-from training.checkpoint import atomic_write_text, find_latest, list_checkpoints, save_weights
+from multimodal.io import atomic_write_text
+from training.checkpoint import find_latest, list_checkpoints, save_weights
 
 
 def test_partial_and_temporary_checkpoints_are_ignored(tmp_path):
