@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import locale
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,11 +72,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, fsync: bool = False) -> None:
     """Write ``text`` to ``path`` atomically, in the locale's encoding (as ``open(path, "w")`` does)."""
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        f.write(text)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
+    atomic_write_bytes(path, text.encode(locale.getpreferredencoding(False)), fsync=fsync)
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2, fsync: bool = False) -> None:

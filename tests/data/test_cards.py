@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 from multimodal.config import ConfigError
 from multimodal.data import DecodeError, SampleDecoder, SampleStream, SkipStats, collate, load_card
 from multimodal.data import cards as cards_module
+from tests.data.test_stream import _write_tar
 
 COLORS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
 SHAPES = ("circle", "square", "triangle")
@@ -77,11 +78,7 @@ def write_img2dataset_shards(
 
 
 def write_tar(path: Path, members: dict[str, bytes]) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    _write_tar(path, members)
     return path
 
 
