@@ -53,6 +53,7 @@ readme-check: setup  # after `make demo`: every command of README.md, in order, 
 lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 format: setup
 	$(VENV)/bin/ruff format .

@@ -8,102 +8,20 @@ share with the main object's colour right and its shape right, and a few example
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
-
-import torch
-from torch import nn
 
 from multimodal import load_checkpoint
 from multimodal.checkpoint import read_run_config
 from multimodal.cli import HelpFormatter, add_threads_argument
 from multimodal.config import ConfigError
-from multimodal.data import SampleDecoder, SampleStream, SkipStats, collate, ensure_dataset, load_card, make_loader
-from multimodal.data.cards import DatasetCard
-from multimodal.data.stream import DecodeError
-from multimodal.pipelines.gato import caption_images, judge_caption, named_pairs
-from multimodal.tokenizers.gato import GatoTokenizer
+from multimodal.data import ensure_dataset, load_card
+from multimodal.evaluation import evaluate_captioning
 
 from .common import run_cli, write_result
 
-__all__ = ["evaluate_captioning", "main"]
-
-
-class _WithObjects:
-    """Decode the image in [0, 1] and read the objects' (colour, shape) from the sample's .json."""
-
-    def __init__(self, image_size: int, image_key: str | None = None) -> None:
-        self.decode = SampleDecoder(
-            image_size=image_size, image_key=image_key, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)
-        )
-
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        out = self.decode(sample)
-        try:
-            meta = json.loads(sample["json"])
-            out["objects"] = [(o["color"], o["shape"]) for o in meta["objects"]]
-        except (KeyError, TypeError, ValueError):
-            raise DecodeError("missing objects", "the sample's .json has no objects list") from None
-        return out
-
-
-def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    batch = collate(samples)
-    batch["objects"] = [s["objects"] for s in samples]
-    return batch
-
-
-@torch.no_grad()
-def evaluate_captioning(
-    model: nn.Module,
-    tokenizer: GatoTokenizer,
-    card: DatasetCard,
-    split: str,
-    *,
-    samples: int,
-    image_size: int,
-    batch_size: int = 100,
-) -> tuple[dict[str, Any], SkipStats]:
-    """Caption the first ``samples`` images of ``split`` and judge each against its objects."""
-    if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
-    colours, shapes = card.labels.get("color"), card.labels.get("shape")
-    if not colours or not shapes:
-        raise ConfigError(f"dataset {card.name!r} has no color and shape labels to judge captions by")
-    stream = SampleStream(
-        urls=card.shard_urls(split), decode=_WithObjects(image_size, card.image_key), collate=_collate,
-        batch_size=min(batch_size, samples), infinite=False, shuffle_buffer=0,
-    )  # fmt: skip
-    skips, right, colour_right, shape_right, examples, n = SkipStats(), 0, 0, 0, [], 0
-    for batch in make_loader(stream, num_workers=0):
-        skips.update(batch.pop("skipped"))
-        if not batch["size"]:  # every sample of the batch was unusable
-            continue
-        keep = min(len(batch["key"]), samples - n)
-        captions = caption_images(model, tokenizer, batch["image"][:keep])
-        for caption, objects, key in zip(captions, batch["objects"][:keep], batch["key"][:keep], strict=True):
-            ok = judge_caption(caption, objects, colours, shapes)
-            pairs = named_pairs(caption, colours, shapes)  # parsed once for the colour and shape shares
-            right += ok
-            colour_right += objects[0][0] in {c for c, _ in pairs}
-            shape_right += objects[0][1] in {s for _, s in pairs}
-            if len(examples) < 8:
-                examples.append({"key": key, "caption": caption, "objects": [list(o) for o in objects], "right": ok})
-        n += keep
-        if n >= samples:
-            break
-    if n == 0:
-        raise ValueError(f"no decodable samples in {card.name}/{split}")
-    return {
-        "split": split,
-        "n": n,
-        "accuracy": right / n,
-        "colour_named": colour_right / n,
-        "shape_named": shape_right / n,
-        "examples": examples,
-    }, skips
+__all__ = ["main"]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -11,27 +11,23 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from torch import nn
 
 from multimodal import load_checkpoint
 from multimodal.checkpoint import read_run_config, run_dir
 from multimodal.cli import HelpFormatter, add_threads_argument
 from multimodal.config import ConfigError
-from multimodal.data import ensure_dataset, load_card
-from multimodal.data.cards import DatasetCard
-from multimodal.data.control import ENVS, EVAL_SEED_START, dataset_name, env_spec, normalised_score, read_episodes
-from multimodal.data.shards import read_manifest
-from multimodal.pipelines.gato import GatoAgent
+from multimodal.data import load_card
+from multimodal.data.control import ENVS, dataset_name
+from multimodal.evaluation import evaluate_control
 from multimodal.tokenizers.gato import TOKENIZER_FILE, GatoTokenizer
 
 from .common import run_cli, write_result
 
-__all__ = ["evaluate_control", "gato_tokenizer", "main"]
+__all__ = ["gato_tokenizer", "main"]
 
 
 def gato_tokenizer(checkpoint: str | Path, model: nn.Module) -> GatoTokenizer:
@@ -41,42 +37,6 @@ def gato_tokenizer(checkpoint: str | Path, model: nn.Module) -> GatoTokenizer:
     tokenizer = GatoTokenizer.load(path) if path.is_file() else GatoTokenizer()
     tokenizer.check_model(model.cfg)
     return tokenizer
-
-
-def evaluate_control(
-    model: nn.Module, tokenizer: GatoTokenizer, card: DatasetCard, *, episodes: int, first_seed: int = EVAL_SEED_START
-) -> dict[str, Any]:
-    """Roll ``model`` out for ``episodes`` episodes of the card's environment, all at once in lockstep."""
-    from multimodal.data.control import run_episodes
-
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
-    env_id = card.generator_args.get("env_id")
-    if env_id is None:
-        raise ConfigError(f"dataset {card.name!r} is not a control dataset (its card names no generator_args.env_id)")
-    ensure_dataset(card)
-    manifest = read_manifest(card.root_dir)
-    references = {k: manifest["reference_returns"][k] for k in ("random", "expert")}
-    demos = read_episodes(card, "test")
-    demonstration = max(demos, key=lambda e: e.total_return)
-    agent = GatoAgent(model, tokenizer, env_spec(env_id), demonstration)
-    start = time.perf_counter()
-    rollouts = run_episodes(env_id, agent.policy(), range(first_seed, first_seed + episodes))
-    returns = [e.total_return for e in rollouts]
-    mean = float(np.mean(returns))
-    return {
-        "env_id": env_id,
-        "episodes": episodes,
-        "first_seed": first_seed,
-        "mean_return": mean,
-        "std_return": float(np.std(returns)),
-        "normalised_score": normalised_score(mean, **references),
-        "references": references,
-        "returns": returns,
-        "lengths": [e.length for e in rollouts],
-        "demonstration": {"seed": demonstration.seed, "return": demonstration.total_return},
-        "seconds": time.perf_counter() - start,
-    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

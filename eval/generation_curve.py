@@ -20,11 +20,12 @@ from PIL import Image, ImageDraw
 from multimodal.checkpoint import read_run_config
 from multimodal.cli import HelpFormatter, add_threads_argument
 from multimodal.config import ConfigError
+from multimodal.evaluation import evaluate_generation
 from multimodal.generate import load_pipeline
 from multimodal.io import atomic_save_image
 
 from .common import run_cli, write_result
-from .generation import Judge, evaluate_generation
+from .generation import load_judge
 
 __all__ = ["main", "plot_curve"]
 
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not decoders:
         raise ConfigError(f"{root / 'decoder'} keeps no checkpoints to evaluate")
     device = torch.device(args.device)
-    judge = Judge(args.judge, device=device)
+    judge = load_judge(args.judge, device=device)
     points = []
     for folder in decoders:
         state = json.loads((folder / "state.json").read_text())

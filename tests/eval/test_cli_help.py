@@ -29,7 +29,7 @@ DEFAULTS = {
         "--device": DEVICE,
     },
     "eval.generation_curve": {"--n": "4", "--steps": "25", "--seed": "0", "--device": DEVICE},
-    "eval.compare_vision": {"--models": "resnet18,aa_resnet18,vit", "--seeds": "0,1,2"},
+    "bench.compare_vision": {"--models": "resnet18,aa_resnet18,vit", "--seeds": "0,1,2"},
 }
 
 

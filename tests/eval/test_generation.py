@@ -1,4 +1,4 @@
-"""eval.generation's pieces: the prompt set, the Frechet distance and the curve plot."""
+"""The prompt set and the Frechet distance (multimodal.evaluation.generation), and eval.generation_curve's plot."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.generation import frechet_distance, prompt_set
 from eval.generation_curve import plot_curve
+from multimodal.evaluation import frechet_distance, prompt_set
 
 
 def test_prompt_set_splits_seen_and_heldout_pairs():

@@ -1,11 +1,11 @@
-"""eval.metrics: top-k and mean per-class recall against hand-computed values."""
+"""multimodal.evaluation.metrics: top-k and mean per-class recall against hand-computed values."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from eval.metrics import classification_metrics
+from multimodal.evaluation import classification_metrics
 
 
 def test_metrics_by_hand():

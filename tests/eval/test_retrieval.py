@@ -1,11 +1,11 @@
-"""eval.retrieval: recall@k by hand, with duplicate captions counted as positives."""
+"""multimodal.evaluation.retrieval: recall@k by hand, with duplicate captions counted as positives."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from eval.retrieval import recall_at_k
+from multimodal.evaluation import recall_at_k
 
 
 def test_recall_at_k_by_hand():

@@ -99,7 +99,7 @@ def test_model_loading_reads_safetensors_only(run, tmp_path):
 def test_inception_state_dict_is_loaded_weights_only(tmp_path):
     import pickle
 
-    from eval.generation import InceptionFeatures
+    from multimodal.evaluation import InceptionFeatures
 
     marker = tmp_path / "pwned"
     torch.save({"fc.weight": Payload(marker)}, tmp_path / "inception.pt")

@@ -177,7 +177,8 @@ def test_a_stack_without_upsampler_saves_and_loads_back(stack, tmp_path):
 
 
 def test_grid_labels_each_row_with_its_prompt():
-    from multimodal.generate import default_cell, make_grid
+    from multimodal.generate import default_cell
+    from multimodal.pipelines.grid import make_grid
 
     assert [default_cell(s) for s in (16, 32, 64, 100, 256)] == [128, 128, 128, 200, 256]
     cells = [Image.new("RGB", (128, 128), (255, 0, 0)) for _ in range(4)]
@@ -193,13 +194,14 @@ def test_grid_labels_each_row_with_its_prompt():
 
 
 def test_eval_generation_reports_every_metric(stack, tiny_shapes, tmp_path):
-    from eval.generation import Judge, evaluate_generation
+    from eval.generation import load_judge
+    from multimodal.evaluation import evaluate_generation
     from multimodal.generate import load_pipeline
 
     judge_recipe = tiny_recipe(tiny_shapes, stack / "judge", train={"steps": 2, "checkpoint_every": 0})
     train_recipe(tmp_path, judge_recipe)
     pipe = load_pipeline(stack)
-    results = evaluate_generation(pipe, Judge(stack / "judge"), n=1, steps=2, dataset=str(tiny_shapes),
+    results = evaluate_generation(pipe, load_judge(stack / "judge"), n=1, steps=2, dataset=str(tiny_shapes),
                                   real_images=64, grid_dir=tmp_path)  # fmt: skip
     for cond in ("prior", "text_embedding"):
         assert results[cond]["seen"]["n"] == 30 and results[cond]["heldout"]["n"] == 6

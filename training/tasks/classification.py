@@ -8,10 +8,10 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eval.classify import eval_stream, evaluate_classifier
 from multimodal.config import ConfigError
 from multimodal.data import SampleDecoder, SkipStats, collate, ensure_dataset, make_loader
 from multimodal.data.stream import folder_samples
+from multimodal.evaluation import eval_stream, evaluate_classifier
 
 from ..config import TrainConfig
 from .base import Task

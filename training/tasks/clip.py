@@ -10,9 +10,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from eval.zeroshot import zeroshot_evaluate
 from multimodal.config import ConfigError
 from multimodal.data import SampleDecoder, SkipStats, collate, ensure_dataset
+from multimodal.evaluation import zeroshot_evaluate
 from multimodal.losses import ClipLoss, SigLipLoss, cached_contrastive_backward, split_batch
 
 from ..config import TrainConfig

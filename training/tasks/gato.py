@@ -36,6 +36,7 @@ from multimodal.data import SampleDecoder, SampleStream, SkipStats, ensure_datas
 from multimodal.data.cards import DatasetCard
 from multimodal.data.control import Episode, env_spec, read_episodes
 from multimodal.data.shards import read_shard
+from multimodal.evaluation import evaluate_captioning, evaluate_control
 from multimodal.pipelines.gato import control_layout
 from multimodal.tokenizers import ClipTokenizer, SubsetTokenizer
 from multimodal.tokenizers.gato import NUM_DISCRETE, TOKENIZER_FILE, GatoTokenizer, GatoTokens, collate_tokens
@@ -295,9 +296,6 @@ class GatoTask(Task):
     def evaluate(self, model: nn.Module, *, step: int = 0) -> tuple[dict[str, float], SkipStats]:
         """Rollouts of ``task.eval_episodes`` per control dataset (mean return, expert-normalised score) and the
         captioning accuracy on ``task.eval_samples`` images of ``data.eval_split``."""
-        from eval.caption import evaluate_captioning
-        from eval.control import evaluate_control
-
         inner = self.acc.unwrap_model(model) if self.acc is not None else model
         was_training = inner.training
         inner.eval()

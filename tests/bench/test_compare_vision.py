@@ -1,10 +1,10 @@
-"""eval.compare_vision: the summary table and verdict, and its argument checks (training itself is the trainer's)."""
+"""bench/compare_vision.py: the summary table and verdict, and its argument checks (training is the trainer's)."""
 
 from __future__ import annotations
 
 import pytest
 
-from eval.compare_vision import main, recipe, summarize
+from bench.compare_vision import main, recipe, summarize
 
 
 def _runs(tops: list[float], params: int, rate: float) -> list[dict]:

@@ -1,7 +1,7 @@
 """Train ResNet, AA-ResNet and ViT recipes of matched size for the same steps over several seeds; tabulate.
 
-    python -m eval.compare_vision --dataset shapes [--models resnet18,aa_resnet18,vit] [--seeds 0,1,2]
-                                  [--steps N] [--out-dir runs/compare-shapes] [--retrain]
+    python bench/compare_vision.py --dataset shapes [--models resnet18,aa_resnet18,vit] [--seeds 0,1,2]
+                                   [--steps N] [--out-dir runs/compare-shapes] [--retrain]
 
 Each (model, seed) trains ``configs/vision/<model>-<dataset>.yaml`` with ``run.seed`` and ``train.steps`` overridden,
 in its own ``python -m training.train`` process, under ``--out-dir``. A run that already finished with the same
@@ -105,7 +105,7 @@ def summarize(figures: dict[str, list[dict[str, Any]]], seeds: list[int]) -> str
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m eval.compare_vision", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+        prog="python bench/compare_vision.py", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
     )
     parser.add_argument("--dataset", required=True, help="the <dataset> of configs/vision/<model>-<dataset>.yaml")
     parser.add_argument(

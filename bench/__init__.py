@@ -1,0 +1,1 @@
+"""Benchmarks and sweeps, each run as a script (``python bench/NAME.py``); a package so that tests can import them."""

@@ -1,0 +1,29 @@
+"""Evaluators: functions that take models and data and return metrics (no argparse, no run directories; the ``eval``
+CLIs load runs and print the tables)."""
+
+from .captioning import evaluate_captioning
+from .classification import eval_stream, evaluate_classifier
+from .control import evaluate_control
+from .generation import InceptionFeatures, Judge, evaluate_generation, frechet_distance, prompt_set
+from .metrics import classification_metrics, gather_rows
+from .retrieval import recall_at_k, retrieval_evaluate
+from .zeroshot import card_prompts, topk_key, zeroshot_evaluate
+
+__all__ = [
+    "InceptionFeatures",
+    "Judge",
+    "card_prompts",
+    "classification_metrics",
+    "eval_stream",
+    "evaluate_captioning",
+    "evaluate_classifier",
+    "evaluate_control",
+    "evaluate_generation",
+    "frechet_distance",
+    "gather_rows",
+    "prompt_set",
+    "recall_at_k",
+    "retrieval_evaluate",
+    "topk_key",
+    "zeroshot_evaluate",
+]
