@@ -45,10 +45,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.recipe, ["data.num_workers=0", *args.overrides])
     task = build_task(cfg)
-    task.prepare_data()
+    cfg = task.cfg = task.resolve()
     model = task.build_model()
+    task.prepare_data()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batches = iter(task.train_batches(0))
+    batches = iter(task.train_batches(model, 0))
     bf16 = cfg.train.precision == "bf16"
     times, tokens, targets = [], 0, 0
     for i in range(args.steps + 2):
@@ -70,7 +71,7 @@ def main() -> None:
           f"{targets / args.steps:.0f} targets per step   {1800 / step:.0f} steps in 30 min")  # fmt: skip
 
     model.eval()
-    agent = GatoAgent(model, task.tokenizer, ENVS["CartPole-v1"])
+    agent = GatoAgent(model, task.tokenizer(model), ENVS["CartPole-v1"])
     policy = agent.policy()
     rng = np.random.default_rng(0)
     start = time.perf_counter()

@@ -9,27 +9,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
-from multimodal import load_checkpoint
-from multimodal.checkpoint import read_run_config
-from multimodal.cli import HelpFormatter, add_threads_argument
 from multimodal.config import ConfigError
 from multimodal.data import ensure_dataset, load_card
 from multimodal.evaluation import evaluate_captioning
 
-from .common import run_cli, write_result
+from .common import add_common_options, cli_parser, load_gato_run, run_cli, write_result
 
 __all__ = ["main"]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from .control import gato_tokenizer
-
-    cfg = read_run_config(args.checkpoint, task="gato")
-    model = load_checkpoint(args.checkpoint, ema=False if args.no_ema else None, device=args.device)
-    tokenizer = gato_tokenizer(args.checkpoint, model)
+    cfg, model, tokenizer = load_gato_run(args)
     data = cfg.get("data") or {}
     mixture = (cfg.get("task") or {}).get("mixture") or {}
     name = args.dataset or next((n for n in mixture if load_card(n).generator != "control"), None)
@@ -51,23 +43,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if skips.total:
             print(skips.summary())
         results[split] = out
-    path = Path(args.out) if args.out else Path(args.checkpoint) / "eval" / f"caption_{card.name}.json"
-    write_result(path, {"checkpoint": str(args.checkpoint), "dataset": card.name, "results": results})
+    result = {"checkpoint": str(args.checkpoint), "dataset": card.name, "results": results}
+    write_result(args, f"caption_{card.name}.json", result)
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m eval.caption", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
-    )
-    parser.add_argument("--checkpoint", required=True, help="GATO run directory or checkpoints/step-* folder")
+    parser = cli_parser("python -m eval.caption", __doc__, "GATO run directory or checkpoints/step-* folder")
     parser.add_argument("--dataset", help="captioned dataset card (default: the run's captioned dataset)")
     parser.add_argument("--split", action="append", help="split to caption (repeatable; default: test)")
     parser.add_argument("--samples", type=int, default=1000, help="images per split")
-    parser.add_argument("--no-ema", action="store_true", help="use the raw weights even if the run kept an EMA")
-    parser.add_argument("--device", default="cpu", help="torch device to caption on, e.g. cuda")
-    parser.add_argument("--out", help="JSON path (default: RUN/eval/caption_<dataset>.json)")
-    add_threads_argument(parser)
+    add_common_options(
+        parser, no_ema=True, device="torch device to caption on, e.g. cuda", out="RUN/eval/caption_<dataset>.json"
+    )
     return run_cli(run, parser, argv)
 
 

@@ -7,21 +7,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
-import torch
-from accelerate import Accelerator
 from torch import nn
 
-from multimodal import load_checkpoint
-from multimodal.checkpoint import read_run_config
 from multimodal.config import ConfigError
-from multimodal.data import load_card, make_loader
-from multimodal.data.cards import ensure_dataset
+from multimodal.data import ensure_dataset, make_loader
 from multimodal.evaluation import eval_stream, evaluate_classifier
 
-from .common import base_parser, run_cli, run_decoder, write_result
+from .common import add_common_options, base_parser, load_run_model, read_run_data, run_cli, run_decoder, write_result
 
 __all__ = ["format_table", "main"]
 
@@ -35,14 +29,11 @@ def format_table(rows: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    cfg = read_run_config(args.checkpoint, task="classification")
-    data = cfg.get("data", {})
-    card = load_card(args.dataset or data.get("dataset", "shapes"))
+    data, card = read_run_data(args, "classification")
     label = args.label or data.get("label") or next(iter(card.labels))
     classes = card.class_names(label)
     ensure_dataset(card)
-    acc = Accelerator(cpu=not torch.cuda.is_available())
-    model = load_checkpoint(args.checkpoint, ema=None if not args.no_ema else False).to(acc.device)
+    model, acc = load_run_model(args)
     head = getattr(model, "head", None)
     if isinstance(head, nn.Linear) and head.out_features != len(classes):
         raise ConfigError(
@@ -69,19 +60,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result.update(metrics)
     result["skipped_samples"] = skips.total
     if acc.is_main_process:
-        print(format_table({k: v for k, v in result.items() if k not in ("checkpoint",)}))
-        default = Path(args.checkpoint) / "eval" / f"classify_{card.name}_{args.split}.json"
-        write_result(Path(args.out) if args.out else default, result)
+        table = format_table({k: v for k, v in result.items() if k not in ("checkpoint",)})
+        write_result(args, f"classify_{card.name}_{args.split}.json", result, table=table)
         if skips.total:
             print(skips.summary())
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = base_parser("python -m eval.classify", __doc__, "RUN/eval/classify_<dataset>_<split>.json")
+    parser = base_parser("python -m eval.classify", __doc__)
     parser.add_argument("--split", default="test", help="split to evaluate")
     parser.add_argument("--label", help="label key of the card (default: the one trained on)")
-    parser.add_argument("--no-ema", action="store_true", help="use the raw weights even if the run kept an EMA")
+    add_common_options(parser, no_ema=True, out="RUN/eval/classify_<dataset>_<split>.json")
     return run_cli(run, parser, argv)
 
 

@@ -1,5 +1,5 @@
-"""What the evaluation CLIs share: the run's preprocessing, atomic JSON results, and one-line errors
-(``multimodal.cli.run_cli``)."""
+"""What the evaluation CLIs share: their parsers' common options, the run they evaluate (its config, dataset and
+model, with its preprocessing), where results go (atomic JSON) and one-line errors (``multimodal.cli.run_cli``)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,97 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from multimodal import load_checkpoint
 from multimodal.cli import HelpFormatter, add_threads_argument, run_cli
-from multimodal.data import SampleDecoder
+from multimodal.data import DatasetCard, SampleDecoder, load_card
 from multimodal.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from multimodal.io import atomic_write_json
+from multimodal.runs import load_gato_tokenizer, read_run_config
+from multimodal.tokenizers.gato import GatoTokenizer
 
-__all__ = ["base_parser", "run_cli", "run_decoder", "write_result"]
+__all__ = [
+    "AUTO_DEVICE",
+    "AUTO_DEVICE_HELP",
+    "add_common_options",
+    "base_parser",
+    "cli_parser",
+    "load_gato_run",
+    "load_run_model",
+    "read_run_data",
+    "result_path",
+    "run_cli",
+    "run_decoder",
+    "write_result",
+]
+
+AUTO_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # --device's default where a GPU is worth using
+AUTO_DEVICE_HELP = "torch device; cuda when one is present"
+
+
+def cli_parser(
+    prog: str, doc: str, checkpoint: str = "run directory or checkpoints/step-* folder"
+) -> argparse.ArgumentParser:
+    """A CLI's parser, described by the first line of its ``doc``, whose --help shows each option's default; with
+    the option every evaluation takes, --checkpoint (``checkpoint``: its help)."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0], formatter_class=HelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help=checkpoint)
+    return parser
+
+
+def add_common_options(
+    parser: argparse.ArgumentParser,
+    *,
+    no_ema: bool = False,
+    device: str | None = None,
+    device_default: str = "cpu",
+    out: str | None = None,
+) -> None:
+    """The options that end a CLI's list, those it takes of them: --no-ema; --device (``device``: its help);
+    --out, a JSON path (``out``: where results go without it); then --threads."""
+    if no_ema:
+        parser.add_argument("--no-ema", action="store_true", help="use the raw weights even if the run kept an EMA")
+    if device is not None:
+        parser.add_argument("--device", default=device_default, help=device)
+    if out is not None:
+        parser.add_argument("--out", help=f"JSON path (default: {out})")
+    add_threads_argument(parser)
+
+
+def base_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """:func:`cli_parser` with --dataset, --batch-size and --workers, common to the CLIs that evaluate a run on a
+    dataset (they end with :func:`add_common_options`)."""
+    parser = cli_parser(prog, doc)
+    parser.add_argument("--dataset", help="card name, card path or image folder (default: the training dataset)")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per batch and process")
+    parser.add_argument("--workers", type=int, default=2, help="data-loader worker processes")
+    return parser
+
+
+def read_run_data(args: argparse.Namespace, task: str) -> tuple[dict[str, Any], DatasetCard]:
+    """The data section of the config of run --checkpoint (a run of ``task``) and the card of --dataset, else of the
+    dataset the run trained on."""
+    data = read_run_config(args.checkpoint, task=task).get("data", {})
+    return data, load_card(args.dataset or data.get("dataset", "shapes"))
+
+
+def load_gato_run(args: argparse.Namespace) -> tuple[dict[str, Any], nn.Module, GatoTokenizer]:
+    """The config of GATO run --checkpoint, its model on --device (EMA weights where it kept them, unless --no-ema)
+    and the tokenizer it trained with."""
+    cfg = read_run_config(args.checkpoint, task="gato")
+    model = load_checkpoint(args.checkpoint, ema=False if args.no_ema else None, device=args.device)
+    return cfg, model, load_gato_tokenizer(args.checkpoint, model)
+
+
+def load_run_model(args: argparse.Namespace) -> tuple[nn.Module, Accelerator]:
+    """The model of run --checkpoint (its EMA weights where it kept them, unless --no-ema) on the device of an
+    ``Accelerator`` (a GPU when there is one), and that accelerator."""
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    model = load_checkpoint(args.checkpoint, ema=False if getattr(args, "no_ema", False) else None)
+    return model.to(acc.device), acc
 
 
 def run_decoder(
@@ -30,20 +115,16 @@ def run_decoder(
     )
 
 
-def write_result(path: Path, result: dict[str, Any]) -> None:
-    """Write ``result`` as JSON through a temporary file and a rename, then say where."""
+def result_path(args: argparse.Namespace, name: str) -> Path:
+    """Where a CLI's results go: --out, else ``eval/<name>`` in the run (or run root) --checkpoint."""
+    return Path(args.out) if getattr(args, "out", None) else Path(args.checkpoint) / "eval" / name
+
+
+def write_result(args: argparse.Namespace, name: str, result: dict[str, Any], *, table: str | None = None) -> None:
+    """Print ``table`` (when given), write ``result`` as JSON to :func:`result_path` through a temporary file and a
+    rename, then say where."""
+    if table is not None:
+        print(table)
+    path = result_path(args, name)
     atomic_write_json(path, result, indent=2)
     print(f"wrote {path}")
-
-
-def base_parser(prog: str, doc: str, out_help: str) -> argparse.ArgumentParser:
-    """--checkpoint, --dataset, --batch-size, --workers, --out and --threads, common to every evaluation CLI;
-    --help shows each option's default."""
-    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0], formatter_class=HelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="run directory or checkpoints/step-* folder")
-    parser.add_argument("--dataset", help="card name, card path or image folder (default: the training dataset)")
-    parser.add_argument("--batch-size", type=int, default=256, help="images per batch and process")
-    parser.add_argument("--workers", type=int, default=2, help="data-loader worker processes")
-    parser.add_argument("--out", help=f"JSON path (default: {out_help})")
-    add_threads_argument(parser)
-    return parser

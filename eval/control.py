@@ -11,38 +11,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
-from torch import nn
-
-from multimodal import load_checkpoint
-from multimodal.checkpoint import read_run_config, run_dir
-from multimodal.cli import HelpFormatter, add_threads_argument
 from multimodal.config import ConfigError
 from multimodal.data import load_card
 from multimodal.data.control import ENVS, dataset_name
 from multimodal.evaluation import evaluate_control
-from multimodal.tokenizers.gato import TOKENIZER_FILE, GatoTokenizer
 
-from .common import run_cli, write_result
+from .common import add_common_options, cli_parser, load_gato_run, run_cli, write_result
 
-__all__ = ["gato_tokenizer", "main"]
-
-
-def gato_tokenizer(checkpoint: str | Path, model: nn.Module) -> GatoTokenizer:
-    """The tokenizer the run trained with (its ``gato_tokenizer.json``; open_clip's whole BPE for a run that saved
-    none), checked against the model's vocabulary layout."""
-    path = run_dir(Path(checkpoint)) / TOKENIZER_FILE
-    tokenizer = GatoTokenizer.load(path) if path.is_file() else GatoTokenizer()
-    tokenizer.check_model(model.cfg)
-    return tokenizer
+__all__ = ["main"]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    cfg = read_run_config(args.checkpoint, task="gato")
-    model = load_checkpoint(args.checkpoint, ema=False if args.no_ema else None, device=args.device)
-    tokenizer = gato_tokenizer(args.checkpoint, model)
+    cfg, model, tokenizer = load_gato_run(args)
     if args.env == "all":
         mixture = (cfg.get("task") or {}).get("mixture") or {}
         cards = [load_card(name) for name in mixture]
@@ -63,24 +45,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{out['normalised_score']:7.3f}  ({refs['random']:.1f}, {refs['expert']:.1f})"
         )
         results[out["env_id"]] = out
-    path = Path(args.out) if args.out else Path(args.checkpoint) / "eval" / "control.json"
-    write_result(path, {"checkpoint": str(args.checkpoint), "results": results})
+    write_result(args, "control.json", {"checkpoint": str(args.checkpoint), "results": results})
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m eval.control", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
-    )
-    parser.add_argument("--checkpoint", required=True, help="GATO run directory or checkpoints/step-* folder")
+    parser = cli_parser("python -m eval.control", __doc__, "GATO run directory or checkpoints/step-* folder")
     parser.add_argument(
         "--env", default="all", help="an env id (CartPole-v1, Pendulum-v1), or all: every env of the run"
     )
     parser.add_argument("--episodes", type=int, default=20, help="rollouts per env")
-    parser.add_argument("--no-ema", action="store_true", help="use the raw weights even if the run kept an EMA")
-    parser.add_argument("--device", default="cpu", help="torch device to act on, e.g. cuda")
-    parser.add_argument("--out", help="JSON path (default: RUN/eval/control.json)")
-    add_threads_argument(parser)
+    add_common_options(parser, no_ema=True, device="torch device to act on, e.g. cuda", out="RUN/eval/control.json")
     return run_cli(run, parser, argv)
 
 

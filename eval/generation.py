@@ -27,13 +27,12 @@ from typing import Any
 import torch
 
 from multimodal import load_checkpoint
-from multimodal.checkpoint import read_run_config
-from multimodal.cli import HelpFormatter, add_threads_argument
 from multimodal.config import ConfigError
 from multimodal.evaluation import InceptionFeatures, Judge, evaluate_generation
 from multimodal.generate import load_pipeline
+from multimodal.runs import read_run_config
 
-from .common import run_cli, write_result
+from .common import AUTO_DEVICE, AUTO_DEVICE_HELP, add_common_options, cli_parser, result_path, run_cli, write_result
 
 __all__ = ["format_table", "load_judge", "main"]
 
@@ -78,7 +77,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     judge = load_judge(args.judge, device=device)  # before the pipeline: a wrong --judge fails at once
     pipe = load_pipeline(args.checkpoint, sampler=args.sampler, decoder=args.decoder).to(device)
     inception = InceptionFeatures(args.inception, device=device) if args.inception else None
-    out = Path(args.out) if args.out else Path(args.checkpoint) / "eval" / "generation.json"
+    out = result_path(args, "generation.json")
     results = evaluate_generation(
         pipe, judge, n=args.n, steps=args.steps, prior_guidance=args.prior_guidance,
         decoder_guidance=args.decoder_guidance, seed=args.seed, ablation=not args.no_ablation,
@@ -87,16 +86,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results.update({"checkpoint": str(args.checkpoint), "decoder": args.decoder, "judge": str(args.judge),
                     "sampler": args.sampler})  # fmt: skip
     print(f"generation {args.checkpoint} ({args.sampler}, {args.steps} steps, {args.n} images per prompt)")
-    print(format_table(results))
-    write_result(out, results)
+    write_result(args, "generation.json", results, table=format_table(results))
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m eval.generation", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
-    )
-    parser.add_argument("--checkpoint", required=True, help="saved pipeline folder or unCLIP run root")
+    parser = cli_parser("python -m eval.generation", __doc__, "saved pipeline folder or unCLIP run root")
     parser.add_argument("--decoder", help="another decoder run or checkpoint folder (with an unCLIP run root)")
     parser.add_argument("--judge", required=True, help="run directory of a shapes color_shape classifier")
     parser.add_argument("--n", type=int, default=8, help="images per prompt")
@@ -110,13 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="shapes", help="a shapes card (prompts from its colour-shape classes)")
     parser.add_argument("--no-ablation", action="store_true", help="skip the text-embedding-to-decoder ablation")
     parser.add_argument("--inception", help="a local torchvision inception_v3 state dict: adds Inception FID")
-    parser.add_argument("--out", help="JSON path (default: CHECKPOINT/eval/generation.json)")
-    parser.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="torch device; cuda when one is present",
+    add_common_options(
+        parser, device=AUTO_DEVICE_HELP, device_default=AUTO_DEVICE, out="CHECKPOINT/eval/generation.json"
     )
-    add_threads_argument(parser)
     return run_cli(run, parser, argv)
 
 

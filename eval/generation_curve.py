@@ -17,14 +17,13 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from multimodal.checkpoint import read_run_config
-from multimodal.cli import HelpFormatter, add_threads_argument
 from multimodal.config import ConfigError
 from multimodal.evaluation import evaluate_generation
 from multimodal.generate import load_pipeline
 from multimodal.io import atomic_save_image
+from multimodal.runs import read_run_config
 
-from .common import run_cli, write_result
+from .common import AUTO_DEVICE, AUTO_DEVICE_HELP, add_common_options, cli_parser, run_cli, write_result
 from .generation import load_judge
 
 __all__ = ["main", "plot_curve"]
@@ -101,7 +100,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         })  # fmt: skip
         print(f"decoder step {state['step']}: {points[-1]}", flush=True)
     out = {"checkpoint": str(root), "judge": str(args.judge), "stage_seconds": fixed, "points": points}
-    write_result(root / "eval" / "curve.json", out)
+    write_result(args, "curve.json", out)
     plot_curve(points, root / "eval" / "curve.png")
     print("| decoder step | stack minutes | seen prompt acc | colour | shape | held-out prompt acc |")
     print("|---:|---:|---:|---:|---:|---:|")
@@ -112,20 +111,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m eval.generation_curve", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
-    )
-    parser.add_argument("--checkpoint", required=True, help="unCLIP run root (prior/, decoder/, upsampler/)")
+    parser = cli_parser("python -m eval.generation_curve", __doc__, "unCLIP run root (prior/, decoder/, upsampler/)")
     parser.add_argument("--judge", required=True, help="run directory of a shapes color_shape classifier")
     parser.add_argument("--n", type=int, default=4, help="images per prompt")
     parser.add_argument("--steps", type=int, default=25, help="denoising steps of each stage")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the samples")
-    parser.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="torch device; cuda when one is present",
-    )
-    add_threads_argument(parser)
+    add_common_options(parser, device=AUTO_DEVICE_HELP, device_default=AUTO_DEVICE)
     return run_cli(run, parser, argv)
 
 

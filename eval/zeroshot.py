@@ -9,20 +9,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
-import torch
-from accelerate import Accelerator
-
-from multimodal import load_checkpoint
-from multimodal.checkpoint import read_run_config
+from multimodal import get_tokenizer
 from multimodal.config import ConfigError
-from multimodal.data import load_card
-from multimodal.data.cards import DatasetCard, ensure_dataset
+from multimodal.data import DatasetCard, ensure_dataset
 from multimodal.evaluation import topk_key, zeroshot_evaluate
 
-from .common import base_parser, run_cli, run_decoder, write_result
+from .common import add_common_options, base_parser, load_run_model, read_run_data, run_cli, run_decoder, write_result
 
 __all__ = ["format_results", "main"]
 
@@ -46,11 +40,7 @@ def default_splits(card: DatasetCard) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from multimodal.tokenizers import ClipTokenizer
-
-    cfg = read_run_config(args.checkpoint, task="clip")
-    data = cfg.get("data", {})
-    card = load_card(args.dataset or data.get("dataset", "shapes"))
+    data, card = read_run_data(args, "clip")
     trained = data.get("label")
     label = args.label or (trained if trained in card.labels else next(iter(card.labels), None))
     if label is None:
@@ -59,9 +49,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for split in splits:
         card.split(split)
     ensure_dataset(card)
-    acc = Accelerator(cpu=not torch.cuda.is_available())
-    model = load_checkpoint(args.checkpoint, ema=False if args.no_ema else None).to(acc.device)
-    tokenizer = ClipTokenizer(context_length=model.cfg.text.context_length)
+    model, acc = load_run_model(args)
+    tokenizer = get_tokenizer(model)
     decoder = run_decoder(data, label_key="cls" if card.format == "folder" else label, image_key=card.image_key)
     results = zeroshot_evaluate(
         model, tokenizer, card, splits=splits, label=label, decoder=decoder, acc=acc,
@@ -69,18 +58,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )  # fmt: skip
     out = {"checkpoint": str(args.checkpoint), "dataset": card.name, "label": label, "splits": results}
     if acc.is_main_process:
-        print(format_results(results, f"zero-shot {card.name}:{label} ({len(card.class_names(label))} classes)"))
-        default = Path(args.checkpoint) / "eval" / f"zeroshot_{card.name}.json"
-        write_result(Path(args.out) if args.out else default, out)
+        table = format_results(results, f"zero-shot {card.name}:{label} ({len(card.class_names(label))} classes)")
+        write_result(args, f"zeroshot_{card.name}.json", out, table=table)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = base_parser("python -m eval.zeroshot", __doc__, "RUN/eval/zeroshot_<dataset>.json")
+    parser = base_parser("python -m eval.zeroshot", __doc__)
     parser.add_argument("--split", action="append", help="split to evaluate (repeatable; default: all but train)")
     parser.add_argument("--label", help="label key of the card (default: the run's data.label, else the first)")
     parser.add_argument("--templates", help="'openai' (80 ImageNet templates) or 'simple' (default: the card's)")
-    parser.add_argument("--no-ema", action="store_true", help="use the raw weights even if the run kept an EMA")
+    add_common_options(parser, no_ema=True, out="RUN/eval/zeroshot_<dataset>.json")
     return run_cli(run, parser, argv)
 
 

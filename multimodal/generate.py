@@ -16,12 +16,13 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .checkpoint import describe_run, read_run_config
 from .cli import HelpFormatter, add_threads_argument, run_cli
 from .config import ConfigError
 from .io import atomic_save_image
 from .models.diffusion import SAMPLERS
 from .pipelines.grid import make_grid
+from .pipelines.unclip import UnclipPipeline
+from .runs import describe_run, load_unclip_pipeline, read_run_config
 from .tokenizers import check_prompts
 
 __all__ = ["default_cell", "load_pipeline", "main"]
@@ -29,11 +30,11 @@ __all__ = ["default_cell", "load_pipeline", "main"]
 _WANTED = "an unCLIP run root (the folder holding prior/ and decoder/ runs) or a saved pipeline (model_index.json)"
 
 
-def load_pipeline(checkpoint: str | Path, *, sampler: str = "dpmsolver++", decoder: str | Path | None = None):
+def load_pipeline(
+    checkpoint: str | Path, *, sampler: str = "dpmsolver++", decoder: str | Path | None = None
+) -> UnclipPipeline:
     """An :class:`~multimodal.pipelines.unclip.UnclipPipeline` from a saved pipeline or an unCLIP run root; with an
     unCLIP run root, ``decoder`` may name another decoder run or checkpoint (e.g. ``decoder/checkpoints/step-N``)."""
-    from .pipelines.unclip import UnclipPipeline
-
     path = Path(checkpoint)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; pass {_WANTED}")
@@ -46,7 +47,7 @@ def load_pipeline(checkpoint: str | Path, *, sampler: str = "dpmsolver++", decod
         if sampler != "dpmsolver++":
             pipe = UnclipPipeline.from_components(pipe.clip, pipe.prior, pipe.decoder, pipe.upsampler, sampler=sampler)
         return pipe
-    return UnclipPipeline.from_runs(path, sampler=sampler, decoder=decoder)
+    return load_unclip_pipeline(path, sampler=sampler, decoder=decoder)
 
 
 def default_cell(size: int, minimum: int = 128) -> int:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -90,20 +92,34 @@ def write_recipe(path: Path, recipe: dict) -> Path:
     return path
 
 
-def train_recipe(tmp_path: Path, recipe: dict, overrides: list[str] = ()) -> dict:
-    """Run ``recipe`` in this process (from a clean Accelerate state); returns its results."""
+@contextlib.contextmanager
+def fresh_accelerate() -> Iterator[None]:
+    """Accelerate's process-wide singletons reset before and after: one run in this process, as if alone."""
     from accelerate.state import AcceleratorState, GradientState
 
-    from training.train import load_config, train
-
-    path = write_recipe(tmp_path / f"recipe-{len(list(tmp_path.glob('recipe-*')))}.yaml", recipe)
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     try:
-        return train(load_config(path, list(overrides)))
+        yield
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
+
+
+@pytest.fixture
+def clean_accelerate() -> Iterator[None]:
+    """The test runs from a clean Accelerate state (see :func:`fresh_accelerate`)."""
+    with fresh_accelerate():
+        yield
+
+
+def train_recipe(tmp_path: Path, recipe: dict, overrides: list[str] = ()) -> dict:
+    """Run ``recipe`` in this process (from a clean Accelerate state); returns its results."""
+    from training.train import load_config, train
+
+    path = write_recipe(tmp_path / f"recipe-{len(list(tmp_path.glob('recipe-*')))}.yaml", recipe)
+    with fresh_accelerate():
+        return train(load_config(path, list(overrides)))
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:

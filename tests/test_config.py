@@ -122,7 +122,7 @@ def test_recipe_model_errors_name_the_recipe_key_and_a_suggestion_of_its_kind(ov
     from training.config import TrainConfig
 
     with pytest.raises(ConfigError) as e:
-        TrainConfig.load(VIT_RECIPE, [override])
+        TrainConfig.load(VIT_RECIPE, [override]).check_model()  # the meta-device build the trainer does for real
     assert str(e.value) == message
 
 

@@ -111,7 +111,7 @@ def test_a_run_that_takes_no_images_has_no_transform(tmp_path):
 
 def test_gato_images_stay_in_unit_range():
     cfg = {"task": {"name": "gato"}, "data": {"image_size": 64, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}
-    transform = multimodal.checkpoint.run_transform(cfg)
+    transform = multimodal.runs.run_transform(cfg)
     assert transform == ImageTransform(image_size=64, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
 

@@ -94,25 +94,7 @@ def save_checkpoint(
     root = Path(run_dir) / "checkpoints"
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}"
-    error: Exception | None = None
-    if acc.is_main_process:
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            _sweep(root)
-            tmp.mkdir()
-        except _WRITE_ERRORS as e:
-            error = e
-    acc.wait_for_everyone()
-    if error is None and tmp.is_dir():
-        try:
-            acc.save_state(str(tmp / "accelerator"))
-            if acc.is_main_process:
-                save_weights(acc.unwrap_model(model), tmp / "model.safetensors")
-                if ema is not None:
-                    save_weights(ema, tmp / "model_ema.safetensors")
-                atomic_write_text(tmp / "state.json", json.dumps(state, indent=2), fsync=True)
-        except _WRITE_ERRORS as e:  # safetensors and torch.save report a failed write(2) in their own types
-            error = e
+    error = _write_temporary(acc, tmp, model=model, ema=ema, state=state)
     if _failed_anywhere(acc, error is not None or not tmp.is_dir()):
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -123,22 +105,7 @@ def save_checkpoint(
             f"could not write checkpoint step-{step:08d} in {root}: {cause}; {kept}. "
             "Free disk space (or set run.out_dir elsewhere) and continue with resume=latest"
         )
-    if acc.is_main_process:
-        stale = root / f".old-step-{step:08d}"
-        if final.exists():  # re-saving a step (e.g. after resuming at it): swap, never delete first
-            os.rename(final, stale)
-        os.rename(tmp, final)
-        _fsync_dir(root)
-        shutil.rmtree(stale, ignore_errors=True)
-        for _, old in list_checkpoints(run_dir)[:-keep]:
-            remove_folder(old)
-        try:
-            for name in ("model.safetensors", "model_ema.safetensors"):
-                if (final / name).exists():
-                    with atomic_path(run_dir / name) as tmp_file:
-                        shutil.copyfile(final / name, tmp_file)
-        except _WRITE_ERRORS as e:
-            error = e
+    error = _publish(tmp, final, run_dir, keep=keep) if acc.is_main_process else None
     if _failed_anywhere(acc, error is not None):
         raise CheckpointError(
             f"checkpoint {final} is complete, but copying its weights to {run_dir} failed: "
@@ -146,6 +113,55 @@ def save_checkpoint(
         )
     acc.wait_for_everyone()
     return final
+
+
+def _write_temporary(
+    acc: Accelerator, tmp: Path, *, model: nn.Module, ema: nn.Module | None, state: dict[str, Any]
+) -> Exception | None:
+    """Write the checkpoint into the temporary folder ``tmp`` (every rank); returns this rank's write error."""
+    error: Exception | None = None
+    if acc.is_main_process:
+        try:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            _sweep(tmp.parent)
+            tmp.mkdir()
+        except _WRITE_ERRORS as e:
+            error = e
+    acc.wait_for_everyone()
+    if error is not None or not tmp.is_dir():  # elsewhere than on the main process: it says why
+        return error
+    try:
+        acc.save_state(str(tmp / "accelerator"))
+        if acc.is_main_process:
+            save_weights(acc.unwrap_model(model), tmp / "model.safetensors")
+            if ema is not None:
+                save_weights(ema, tmp / "model_ema.safetensors")
+            atomic_write_text(tmp / "state.json", json.dumps(state, indent=2), fsync=True)
+    except _WRITE_ERRORS as e:  # safetensors and torch.save report a failed write(2) in their own types
+        return e
+    return None
+
+
+def _publish(tmp: Path, final: Path, run_dir: Path, *, keep: int) -> Exception | None:
+    """Rename the complete checkpoint into place, drop the oldest beyond ``keep``, and copy its weights to the run
+    directory (main process); returns the error of that copy."""
+    root = final.parent
+    stale = root / f".old-{final.name}"
+    if final.exists():  # re-saving a step (e.g. after resuming at it): swap, never delete first
+        os.rename(final, stale)
+    os.rename(tmp, final)
+    _fsync_dir(root)
+    shutil.rmtree(stale, ignore_errors=True)
+    for _, old in list_checkpoints(run_dir)[:-keep]:
+        remove_folder(old)
+    try:
+        for name in ("model.safetensors", "model_ema.safetensors"):
+            if (final / name).exists():
+                with atomic_path(run_dir / name) as tmp_file:
+                    shutil.copyfile(final / name, tmp_file)
+    except _WRITE_ERRORS as e:
+        return e
+    return None
 
 
 def load_state(checkpoint: Path) -> dict[str, Any]:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Iterable
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
+from torch import nn
 
 from multimodal.config import Config, ConfigError, apply_overrides, load_yaml
 from multimodal.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from multimodal.models import create_model
+from multimodal.models.registry import check_model_name
 
 __all__ = ["DataConfig", "ModelSpec", "OptimConfig", "RunConfig", "TaskConfig", "TrainConfig", "TrainLoopConfig"]
 
@@ -25,22 +30,40 @@ class RunConfig(Config):
 
 @dataclasses.dataclass(frozen=True)
 class TaskConfig(Config):
-    name: Literal["classification", "clip", "unclip_prior", "unclip_decoder", "unclip_upsampler", "gato"] = (
-        "classification"
-    )
-    label_smoothing: float = 0.0  # classification
-    aux_loss_weight: float = 0.01  # mixture-of-experts load balancing (Switch Transformer's alpha)
-    loss: Literal["clip", "siglip"] = "clip"  # clip: contrastive loss of the image and text towers
-    grad_cache_chunks: int = 1  # clip: exact gradient of a batch computed in this many chunks (GradCache)
-    zeroshot_splits: tuple[str, ...] = ()  # clip: splits to zero-shot classify (default: data.eval_split)
-    clip: str | None = None  # unclip_prior / unclip_decoder: the frozen CLIP's run directory
-    eval_samples: int = 64  # unclip_*: evaluation samples drawn at each evaluation; gato: images captioned
-    guidance_scale: float = 3.0  # unclip_prior / unclip_decoder: classifier-free guidance of evaluation samples
-    sample_steps: int = 25  # unclip_*: DPM-Solver++ steps of evaluation samples
-    mixture: dict[str, float] = dataclasses.field(default_factory=dict)  # gato: dataset card -> share of a batch
-    prompt_prob: float = 0.25  # gato: share of control sequences prefixed with a demonstration of the same task
-    eval_episodes: int = 5  # gato: rollouts per control dataset at each evaluation
-    text_vocabulary: Literal["bpe", "captions"] = "bpe"  # gato: open_clip's BPE, or only the captions' tokens
+    """The ``task`` section: ``name`` picks the task, the rest are that task's options.
+
+    Each task declares its options as a subclass, ``class ClipOptions(TaskConfig, task="clip")``;
+    :meth:`from_dict` builds the subclass ``name`` asks for, so a key of another task is an unknown key.
+    """
+
+    name: str = "classification"
+
+    _KINDS: ClassVar[dict[str, type[TaskConfig]]] = {}
+
+    def __init_subclass__(cls, task: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if task is not None:
+            TaskConfig._KINDS[task] = cls
+
+    @staticmethod
+    def kinds() -> dict[str, type[TaskConfig]]:
+        """Task name -> its options class, for every task the trainer knows."""
+        return dict(TaskConfig._KINDS)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None, *, prefix: str = "task.", known: Sequence[str] = ()) -> Any:
+        data = dict(data or {})
+        name = data.get("name", "classification")
+        kind = TaskConfig._KINDS.get(name) if isinstance(name, str) else None
+        if kind is None:
+            close = difflib.get_close_matches(str(name), TaskConfig._KINDS, n=1)
+            raise ConfigError(
+                f"config key {prefix + 'name'!r} must be one of {', '.join(map(repr, TaskConfig._KINDS))}, "
+                f"got {name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+            )
+        if cls is not TaskConfig and kind is not cls:
+            raise ConfigError(f"{prefix}name={name!r} does not name the {cls.__name__} options")
+        return super(TaskConfig, kind).from_dict({**data, "name": name}, prefix=prefix, known=known)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +72,17 @@ class ModelSpec(Config):
 
     name: str = "vit_nano_patch4_32"
     args: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def build(self, device: str | torch.device | None = None) -> nn.Module:
+        """The model; a wrong name, argument or value is a :class:`ConfigError` naming its ``model.*`` key."""
+        check_model_name(self.name, key="model.name")
+        try:
+            with torch.device(device) if device is not None else contextlib.nullcontext():
+                return create_model(self.name, **self.args)
+        except ConfigError as e:
+            raise ConfigError(_under_model_args(str(e))) from None
+        except (TypeError, ValueError, ArithmeticError, RuntimeError) as e:  # torch refusing a size, e.g. dim=-1
+            raise ConfigError(f"model {self.name!r} with args {self.args}: {e}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +140,7 @@ class TrainLoopConfig(Config):
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(Config):
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
-    task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
+    task: TaskConfig = dataclasses.field(default_factory=lambda: TaskConfig.from_dict({}))
     model: ModelSpec = dataclasses.field(default_factory=ModelSpec)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -135,24 +169,14 @@ class TrainConfig(Config):
 
     @classmethod
     def load(cls, path: str | Path, overrides: Iterable[str] = ()) -> TrainConfig:
-        """Read a recipe, apply overrides, and check the model and its arguments without allocating it."""
+        """Read a recipe and apply overrides; every key and type is checked (the model when it is built)."""
         cfg = cls.from_dict(apply_overrides(load_yaml(path), overrides))
-        cfg.check_model()
+        check_model_name(cfg.model.name, key="model.name")
         return cfg
 
     def check_model(self) -> None:
         """Build the model on the meta device: unknown names, arguments and bad values fail here, cheaply."""
-        from multimodal import create_model
-        from multimodal.models.registry import check_model_name
-
-        check_model_name(self.model.name, key="model.name")
-        try:
-            with torch.device("meta"):
-                create_model(self.model.name, **self.model.args)
-        except ConfigError as e:
-            raise ConfigError(_under_model_args(str(e))) from None
-        except (TypeError, ValueError, ArithmeticError, RuntimeError) as e:  # torch refusing a size, e.g. dim=-1
-            raise ConfigError(f"model {self.model.name!r} with args {self.model.args}: {e}") from None
+        self.model.build(device="meta")
 
 
 def _under_model_args(message: str) -> str:

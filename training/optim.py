@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch import nn
@@ -58,9 +59,7 @@ def lr_factor(step: int, *, total: int, warmup: int, schedule: str, min_ratio: f
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int):
-    def fn(step: int) -> float:
-        return lr_factor(
-            step, total=total_steps, warmup=cfg.warmup_steps, schedule=cfg.schedule, min_ratio=cfg.min_lr_ratio
-        )
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+    factor = partial(
+        lr_factor, total=total_steps, warmup=cfg.warmup_steps, schedule=cfg.schedule, min_ratio=cfg.min_lr_ratio
+    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import webdataset as wds
 
-from ..config import Config, ConfigError, suggest
+from ..config import Config, ConfigError, load_yaml, suggest
 from .stream import expected_count
 from .transforms import IMAGE_KEYS
 
@@ -157,8 +157,6 @@ def load_card(name_or_path: str | Path) -> DatasetCard:
                     f": no card of that name ({', '.join(_available())}) and no such file or folder; pass {_ACCEPTED}"
                 )
             raise ConfigError(f"unknown dataset {text!r}{hint}")
-    from ..config import load_yaml
-
     data = load_yaml(path)
     card = DatasetCard.from_dict({**data, "source": str(path)}, prefix=f"{path.name}: ")
     return card

@@ -1,8 +1,9 @@
 """CLIP image embeddings and caption tokens of a dataset split, computed once with a frozen CLIP and cached.
 
 The unCLIP prior trains on these alone (no image is decoded), and the decoder looks its conditioning up by sample
-key. The cache lives in the CLIP run, ``<clip run>/embeddings/<dataset>-<split>.safetensors``, and records the
-fingerprint of the weights it came from: a CLIP trained further (or replaced) invalidates it, and it is rebuilt.
+key. A cache records the fingerprint of the weights it came from: a CLIP trained further (or replaced) invalidates
+it, and it is rebuilt. Where it lives (in the CLIP run) is for :func:`multimodal.runs.cached_clip_embeddings`,
+which opens the run.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .cards import DatasetCard
 from .stream import SampleStream
 from .transforms import SampleDecoder, collate
 
-__all__ = ["ClipEmbeddings", "cached_clip_embeddings", "compute_clip_embeddings", "weights_fingerprint"]
+__all__ = ["ClipEmbeddings", "compute_clip_embeddings", "load_cache", "save_cache", "weights_fingerprint"]
 
 CACHE_VERSION = 1
 
@@ -150,34 +151,19 @@ def compute_clip_embeddings(
     return ClipEmbeddings(keys=keys, image_embeds=torch.cat(embeds), tokens=tokens, num_captions=num)
 
 
-def cached_clip_embeddings(
-    clip_run: str | Path, card: DatasetCard, split: str, *, progress: bool = False
-) -> ClipEmbeddings:
-    """The embeddings of ``split`` by the CLIP of run ``clip_run``, computed and cached on first use (EMA weights
-    when the run kept them, as ``load_checkpoint`` picks)."""
-    from ..checkpoint import load_checkpoint, read_run_config, run_weights
-    from ..tokenizers import ClipTokenizer
+def load_cache(path: Path, fingerprint: str) -> ClipEmbeddings | None:
+    """The embeddings cached at ``path`` when they came from weights of ``fingerprint`` (:func:`weights_fingerprint`)
+    in this cache version; None when there is no such file or it is stale."""
+    if not path.is_file():
+        return None
+    cached, meta = ClipEmbeddings.load(path)
+    if meta.get("weights_sha256") == fingerprint and meta.get("version") == str(CACHE_VERSION):
+        return cached
+    return None
 
-    clip_run = Path(clip_run)
-    weights = run_weights(clip_run)
-    fingerprint = weights_fingerprint(weights)
-    path = clip_run / "embeddings" / f"{card.name}-{split}.safetensors"
-    if path.is_file():
-        cached, meta = ClipEmbeddings.load(path)
-        if meta.get("weights_sha256") == fingerprint and meta.get("version") == str(CACHE_VERSION):
-            return cached
-    clip = load_checkpoint(clip_run)
-    data = read_run_config(clip_run).get("data", {})
-    result = compute_clip_embeddings(
-        clip,
-        card,
-        split,
-        image_size=int(data.get("image_size", clip.cfg.vision.img_size)),
-        mean=tuple(data["mean"]),
-        std=tuple(data["std"]),
-        tokenizer=ClipTokenizer(context_length=clip.cfg.text.context_length),
-        progress=progress,
-    )
-    meta = {"weights_sha256": fingerprint, "version": str(CACHE_VERSION), "dataset": card.name, "split": split}
-    result.save(path, meta)
-    return result
+
+def save_cache(embeddings: ClipEmbeddings, path: Path, *, fingerprint: str, dataset: str, split: str) -> None:
+    """Cache ``embeddings`` of ``dataset``'s ``split`` at ``path``, recording the fingerprint of the weights they
+    came from, so that :func:`load_cache` refuses them once those weights change."""
+    meta = {"weights_sha256": fingerprint, "version": str(CACHE_VERSION), "dataset": dataset, "split": split}
+    embeddings.save(path, meta)

@@ -30,6 +30,7 @@ from ..data import SampleDecoder, load_card
 from ..data.cards import ensure_dataset
 from ..io import atomic_save_image
 from ..pipelines.grid import make_grid
+from ..pipelines.unclip import to_pil_images
 from ..tokenizers import ClipTokenizer
 from .classification import eval_stream
 
@@ -169,67 +170,89 @@ def evaluate_generation(
     conditions = {"prior": "prior"} | ({"text_embedding": "text"} if ablation else {})
     results: dict[str, Any] = {"n_per_prompt": n, "steps": steps, "prior_guidance": prior_guidance,
                                "decoder_guidance": decoder_guidance, "seed": seed}  # fmt: skip
-    device = pipe._execution_device
-    size = None
+    samples: dict[tuple[str, str], tuple[Tensor, Tensor]] = {}  # (condition, split) -> judge features, images
     for cond, source in conditions.items():
         started = time.perf_counter()
-        per_split: dict[str, Any] = {}
+        results[cond] = {}
         for split, prompts in (("seen", seen), ("heldout", held)):
-            images, labels, preds, feats, clip_scores = [], [], [], [], []
-            for i in range(0, len(prompts), batch_prompts):
-                chunk = prompts[i : i + batch_prompts]
-                texts = [p for p, _ in chunk]
-                text, enc, pad = pipe.encode_prompt(texts)
-                text, enc, pad = (x.repeat_interleave(n, dim=0) for x in (text, enc, pad))
-                generator = torch.Generator().manual_seed(seed + i)
-                if source == "prior":
-                    embeds = pipe.prior.sample(text, enc, pad, guidance_scale=prior_guidance,
-                                               num_inference_steps=steps, sampler=pipe.prior_scheduler,
-                                               generator=generator)  # fmt: skip
-                else:
-                    embeds = text
-                out = pipe.decode(embeds, enc, pad, decoder_guidance_scale=decoder_guidance,
-                                  num_inference_steps=steps, generator=generator)  # fmt: skip
-                pred, feat = judge(out)
-                images.append(out.cpu())
-                preds.append(pred.cpu())
-                feats.append(feat.cpu())
-                labels.append(torch.tensor([c for _, c in chunk]).repeat_interleave(n))
-                clip_scores.append((pipe.clip.encode_images(out) * text).sum(-1).cpu())
-            images_t, label, pred = torch.cat(images), torch.cat(labels), torch.cat(preds)
-            size = images_t.shape[-1]
-            per_split[split] = {
-                "prompt_accuracy": (pred == label).float().mean().item(),
-                "color_accuracy": (pred // 6 == label // 6).float().mean().item(),
-                "shape_accuracy": (pred % 6 == label % 6).float().mean().item(),
-                "clip_score": torch.cat(clip_scores).mean().item(),
-                "n": len(label),
-                "_feats": torch.cat(feats),
-                "_images": images_t,
-            }
+            results[cond][split], samples[cond, split] = _generate_and_judge(
+                pipe, judge, prompts, from_prior=source == "prior", n=n, steps=steps, prior_guidance=prior_guidance,
+                decoder_guidance=decoder_guidance, seed=seed, batch_prompts=batch_prompts,
+            )  # fmt: skip
             if grid_dir is not None:
-                from ..pipelines.unclip import _to_pil
-
-                grid = make_grid(_to_pil(images_t), columns=n)
+                grid = make_grid(to_pil_images(samples[cond, split][1]), columns=n)
                 atomic_save_image(grid, grid_dir / f"{grid_prefix}{cond}-{split}.png")
-        per_split["seconds"] = round(time.perf_counter() - started, 1)
-        results[cond] = per_split
+        results[cond]["seconds"] = round(time.perf_counter() - started, 1)
+    size = next(iter(samples.values()))[1].shape[-1]
+    results["real"], real_feats, real_inc = _judge_real_images(pipe, judge, dataset, real_images, size, inception)
+    for (cond, split), (feats, images) in samples.items():
+        entry = results[cond][split]
+        entry["fd_judge_features"] = frechet_distance(feats.numpy(), real_feats)
+        if inception is not None:
+            entry["fid_inception"] = frechet_distance(
+                inception(images.to(pipe._execution_device)).cpu().numpy(), real_inc
+            )
+    return results
 
-    real, captions, real_labels = _real_images(dataset, real_images, size or 64)
+
+def _generate_and_judge(
+    pipe: Any,
+    judge: Judge,
+    prompts: list[tuple[str, int]],
+    *,
+    from_prior: bool,
+    n: int,
+    steps: int,
+    prior_guidance: float,
+    decoder_guidance: float,
+    seed: int,
+    batch_prompts: int,
+) -> tuple[dict[str, Any], tuple[Tensor, Tensor]]:
+    """``n`` images per (prompt, class), decoded from the prior's image embedding (``from_prior``) or from the CLIP
+    text embedding itself: their accuracies and CLIP score, and their judge features (N, D) and images (N, 3, H, W)."""
+    images, labels, preds, feats, clip_scores = [], [], [], [], []
+    for i in range(0, len(prompts), batch_prompts):
+        chunk = prompts[i : i + batch_prompts]
+        text, enc, pad = pipe.encode_prompt([p for p, _ in chunk])
+        text, enc, pad = (x.repeat_interleave(n, dim=0) for x in (text, enc, pad))
+        generator = torch.Generator().manual_seed(seed + i)
+        embeds = text
+        if from_prior:
+            embeds = pipe.prior.sample(text, enc, pad, guidance_scale=prior_guidance, num_inference_steps=steps,
+                                       sampler=pipe.prior_scheduler, generator=generator)  # fmt: skip
+        out = pipe.decode(embeds, enc, pad, decoder_guidance_scale=decoder_guidance,
+                          num_inference_steps=steps, generator=generator)  # fmt: skip
+        pred, feat = judge(out)
+        images.append(out.cpu())
+        preds.append(pred.cpu())
+        feats.append(feat.cpu())
+        labels.append(torch.tensor([c for _, c in chunk]).repeat_interleave(n))
+        clip_scores.append((pipe.clip.encode_images(out) * text).sum(-1).cpu())
+    label, pred = torch.cat(labels), torch.cat(preds)
+    metrics = {
+        "prompt_accuracy": (pred == label).float().mean().item(),
+        "color_accuracy": (pred // 6 == label // 6).float().mean().item(),
+        "shape_accuracy": (pred % 6 == label % 6).float().mean().item(),
+        "clip_score": torch.cat(clip_scores).mean().item(),
+        "n": len(label),
+    }
+    return metrics, (torch.cat(feats), torch.cat(images))
+
+
+def _judge_real_images(
+    pipe: Any, judge: Judge, dataset: str, count: int, size: int, inception: InceptionFeatures | None
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
+    """The reference row of ``count`` real test images at ``size`` px (the judge's accuracy on them, the CLIP score
+    of their captions), with their judge features (N, D) and Inception features (N, 2048) to measure against."""
+    device = pipe._execution_device
+    real, captions, real_labels = _real_images(dataset, count, size)
     real_pred, real_feats = judge(real.to(device))
     tokens = ClipTokenizer(context_length=pipe.clip.context_length)(captions)  # dataset captions: cut as in training
     caption_embeds = pipe.clip.encode_text(tokens.to(device))[0]
-    results["real"] = {
+    row = {
         "n": len(real),
         "judge_accuracy": (real_pred.cpu() == real_labels).float().mean().item(),  # the judge's own ceiling
         "clip_score": (pipe.clip.encode_images(real.to(device)) * caption_embeds).sum(-1).mean().item(),
     }
     real_inc = inception(real.to(device)).cpu().numpy() if inception is not None else None
-    for cond in conditions:
-        for split in ("seen", "heldout"):
-            entry = results[cond][split]
-            feats, images_t = entry.pop("_feats"), entry.pop("_images")
-            entry["fd_judge_features"] = frechet_distance(feats.numpy(), real_feats.cpu().numpy())
-            if inception is not None:
-                entry["fid_inception"] = frechet_distance(inception(images_t.to(device)).cpu().numpy(), real_inc)
-    return results
+    return row, real_feats.cpu().numpy(), real_inc

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from ..config import Config, ConfigError, suggest
 from ..nn import Transformer, build_norm, get_act_layer
-from .registry import register_model
+from .registry import create_model, register_model
 from .vit import VisionTransformer, VitConfig
 
 __all__ = ["CLIP", "ClipConfig", "ClipTextConfig", "ClipVisionConfig", "TextTransformer"]
@@ -235,8 +235,6 @@ def _timm_tower(cfg: ClipVisionConfig, embed_dim: int) -> nn.Module:
 
 
 def _registry_tower(cfg: ClipVisionConfig, embed_dim: int) -> nn.Module:
-    from .registry import create_model
-
     model = create_model(cfg.model, **{**(cfg.model_kwargs or {}), "num_classes": embed_dim})
     head = model.get_classifier() if hasattr(model, "get_classifier") else getattr(model, "head", None)
     return _init_projection(model, head)

@@ -3,7 +3,7 @@ and upsampler.
 
     text -> CLIP text embedding -> prior -> CLIP image embedding -> decoder -> image -> upsampler -> larger image
 
->>> pipe = UnclipPipeline.from_runs("runs/unclip-shapes")                       # doctest: +SKIP
+>>> pipe = UnclipPipeline.from_components(clip, prior, decoder, upsampler)  # doctest: +SKIP
 >>> images = pipe(["a red circle"], num_images_per_prompt=4, generator=torch.Generator().manual_seed(0)).images
 >>> pipe.save_pretrained("unclip-shapes"); UnclipPipeline.from_pretrained("unclip-shapes")
 
@@ -11,12 +11,13 @@ Besides text-to-image: image variations (an image's CLIP embedding decoded with 
 images (slerp of their embeddings) and text diffs (the paper's section 3.3: an image embedding rotated towards the
 difference of two captions' text embeddings). Schedulers are components, swapped the diffusers way:
 ``pipe.decoder_scheduler = DDIMScheduler.from_config(pipe.decoder_scheduler.config)``.
+
+The pipeline takes models; :func:`multimodal.runs.load_unclip_pipeline` assembles one from training runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -34,7 +35,7 @@ from ..models.prior import DiffusionPrior
 from ..models.registry import create_model
 from ..tokenizers import ClipTokenizer
 
-__all__ = ["ClipEncoder", "UnclipPipeline", "clip_image_embeddings", "slerp"]
+__all__ = ["ClipEncoder", "UnclipPipeline", "clip_image_embeddings", "slerp", "to_pil_images"]
 
 
 class ClipEncoder(ModelMixin, ConfigMixin):
@@ -89,7 +90,8 @@ def slerp(a: Tensor, b: Tensor, t: float) -> Tensor:
     return (torch.sin((1 - t) * theta) * a + torch.sin(t * theta) * b) / torch.sin(theta)
 
 
-def _to_pil(images: Tensor) -> list[Image.Image]:
+def to_pil_images(images: Tensor) -> list[Image.Image]:
+    """Images (B, 3, H, W) in [-1, 1] -> B RGB PIL images."""
     arr = ((images.float().clamp(-1, 1) * 0.5 + 0.5) * 255).round().to(torch.uint8)
     return [Image.fromarray(a) for a in arr.permute(0, 2, 3, 1).cpu().numpy()]
 
@@ -170,47 +172,6 @@ class UnclipPipeline(DiffusionPipeline):
             decoder_scheduler=make_sampler(sampler, decoder.noise_scheduler),
             upsampler_scheduler=None if upsampler is None else make_sampler(sampler, upsampler.noise_scheduler),
         )
-
-    @classmethod
-    def from_runs(
-        cls,
-        root: str | Path | None = None,
-        *,
-        prior: str | Path | None = None,
-        decoder: str | Path | None = None,
-        upsampler: str | Path | None = None,
-        clip: str | Path | None = None,
-        sampler: str = "dpmsolver++",
-    ) -> UnclipPipeline:
-        """Assemble a pipeline from training runs: ``root`` holding ``prior/``, ``decoder/`` and (optionally)
-        ``upsampler/`` run directories, or each given on its own; the CLIP is the prior's ``task.clip`` unless
-        ``clip`` names a CLIP run. EMA weights are used where a run kept them."""
-        from ..checkpoint import load_checkpoint, read_run_config
-
-        root = Path(root) if root is not None else None
-        paths = {"prior": prior, "decoder": decoder, "upsampler": upsampler}
-        for name in paths:
-            if paths[name] is None and root is not None and (root / name / "config.yaml").is_file():
-                paths[name] = root / name
-        for name in ("prior", "decoder"):
-            if paths[name] is None:
-                where = f"{root}/{name}" if root is not None else f"{name}="
-                raise ValueError(f"no {name} run: train configs/unclip/*-{name}.yaml first (looked for {where})")
-        configs = {k: read_run_config(p, task=f"unclip_{k}") for k, p in paths.items() if p is not None}
-        clip = clip or configs["prior"].get("task", {}).get("clip")
-        if clip is None:
-            raise ValueError(f"the prior run {paths['prior']} names no CLIP run (task.clip); pass clip=")
-        clip_cfg = read_run_config(clip, task="clip")
-        encoder = ClipEncoder(
-            model=clip_cfg["model"]["name"],
-            model_args=clip_cfg["model"].get("args") or {},
-            mean=tuple(clip_cfg["data"]["mean"]),
-            std=tuple(clip_cfg["data"]["std"]),
-        )
-        encoder.clip.load_state_dict(load_checkpoint(clip).state_dict())
-        encoder.eval()  # as load_checkpoint leaves the stages, and as from_pretrained leaves every component
-        models = {k: load_checkpoint(p) if p is not None else None for k, p in paths.items()}
-        return cls.from_components(encoder, models["prior"], models["decoder"], models["upsampler"], sampler=sampler)
 
     # -- the stages ------------------------------------------------------------------------------------------------
 
@@ -298,7 +259,7 @@ class UnclipPipeline(DiffusionPipeline):
             return images
         if output_type == "np":
             return (images.float() * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-        return _to_pil(images)
+        return to_pil_images(images)
 
     # -- what else the paper does with the embeddings ------------------------------------------------------------
 

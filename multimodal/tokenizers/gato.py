@@ -51,6 +51,7 @@ import torch
 from torch import Tensor
 
 from ..io import atomic_write_json
+from .text import ClipTokenizer, SubsetTokenizer
 
 __all__ = [
     "TOKENIZER_FILE",
@@ -270,8 +271,6 @@ class GatoTokenizer:
         patch_size: int = PATCH_SIZE,
     ) -> None:
         if text_tokenizer is None:
-            from .text import ClipTokenizer
-
             text_tokenizer = ClipTokenizer()
         self.text = text_tokenizer
         self.text_vocab_size = text_tokenizer.vocab_size if text_vocab_size is None else text_vocab_size
@@ -532,8 +531,6 @@ class GatoTokenizer:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything that rebuilds this tokenizer, as JSON-ready values (open_clip BPE text tokenizers only)."""
-        from .text import ClipTokenizer, SubsetTokenizer
-
         if isinstance(self.text, SubsetTokenizer):
             text: dict[str, Any] = {"kind": "bpe_subset", "tokens": list(self.text.tokens)}
         elif isinstance(self.text, ClipTokenizer):
@@ -548,8 +545,6 @@ class GatoTokenizer:
 
     @classmethod
     def from_dict(cls, state: Mapping[str, Any]) -> GatoTokenizer:
-        from .text import ClipTokenizer, SubsetTokenizer
-
         try:
             text, kind = state["text"], state["text"]["kind"]
             layout = {k: state[k] for k in ("text_vocab_size", "num_bins", "mu", "m", "patch_size")}

@@ -63,7 +63,11 @@ def test_random_caption_does_not_change_the_augmentation():
 
 @pytest.mark.parametrize(
     "meta, detail",
-    [({"captions": []}, "non-empty list"), ({"captions": "a red circle"}, "non-empty list"), ({"captions": [1]}, "strings")],
+    [
+        ({"captions": []}, "non-empty list"),
+        ({"captions": "a red circle"}, "non-empty list"),
+        ({"captions": [1]}, "strings"),
+    ],
 )
 def test_bad_caption_lists_are_decode_errors(meta, detail):
     dec = SampleDecoder(image_size=8, captions_key="captions")

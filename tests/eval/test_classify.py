@@ -8,9 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from accelerate.state import AcceleratorState, GradientState
 
-from tests.conftest import REPO, tiny_recipe, write_recipe
+from tests.conftest import REPO, fresh_accelerate, tiny_recipe, write_recipe
 from training.train import load_config, train
 
 
@@ -18,11 +17,8 @@ from training.train import load_config, train
 def tiny_run(tiny_shapes, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("classify")
     recipe = tiny_recipe(tiny_shapes, tmp / "run", train={"steps": 6, "checkpoint_every": 0})
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    results = train(load_config(write_recipe(tmp / "r.yaml", recipe), []))
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    with fresh_accelerate():
+        results = train(load_config(write_recipe(tmp / "r.yaml", recipe), []))
     return tmp / "run", results
 
 

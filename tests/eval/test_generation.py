@@ -1,13 +1,17 @@
-"""The prompt set and the Frechet distance (multimodal.evaluation.generation), and eval.generation_curve's plot."""
+"""The prompt set, the Frechet distance and evaluate_generation (multimodal.evaluation.generation), and
+eval.generation_curve's plot."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from torch import nn
 
 from eval.generation_curve import plot_curve
-from multimodal.evaluation import frechet_distance, prompt_set
+from multimodal.evaluation import Judge, evaluate_generation, frechet_distance, prompt_set
+from tests.pipelines.test_unclip import tiny_pipeline
 
 
 def test_prompt_set_splits_seen_and_heldout_pairs():
@@ -34,3 +38,36 @@ def test_plot_curve_writes_a_png(tmp_path):
     assert img.size == (640, 400)
     colours = np.unique(np.asarray(img.convert("RGB")).reshape(-1, 3), axis=0)
     assert len(colours) > 3  # background, axes, two coloured lines
+
+
+class Always(nn.Module):
+    """A "classifier" of 36 colour-shape classes that always answers class ``k`` (its head: zero weights, one bias)."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
+        self.head = nn.Linear(4, 36)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.head.bias.data[k] = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def test_evaluate_generation_scores_every_prompt_and_writes_grids(tiny_shapes, tmp_path):
+    seen, held = prompt_set(str(tiny_shapes))
+    judge = Judge(Always(0), image_size=8, mean=[0.5] * 3, std=[0.5] * 3)  # always "red circle"
+    run = dict(n=2, steps=2, dataset=str(tiny_shapes), real_images=40)
+    results = evaluate_generation(tiny_pipeline(), judge, grid_dir=tmp_path, grid_prefix="g-", **run)
+    for cond in ("prior", "text_embedding"):
+        for split, prompts in (("seen", seen), ("heldout", held)):
+            r, classes = results[cond][split], [c for _, c in prompts]
+            assert r["n"] == 2 * len(prompts)
+            assert r["prompt_accuracy"] == pytest.approx(classes.count(0) / len(classes))
+            assert r["color_accuracy"] == pytest.approx(sum(c // 6 == 0 for c in classes) / len(classes))
+            assert r["shape_accuracy"] == pytest.approx(sum(c % 6 == 0 for c in classes) / len(classes))
+            assert -1 <= r["clip_score"] <= 1 and r["fd_judge_features"] >= 0
+            width, height = Image.open(tmp_path / f"g-{cond}-{split}.png").size
+            assert height > width  # one row per prompt (6 or 30), n = 2 columns
+    assert results["real"]["n"] == 40 and 0 <= results["real"]["judge_accuracy"] <= 1

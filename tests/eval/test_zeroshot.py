@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
 
 from eval.zeroshot import format_results, main
@@ -14,16 +12,7 @@ from tests.test_load_transforms import write_clip_run
 CLASSES = {"red_circle": "red", "blue_square": "blue", "green_star": "green"}
 
 
-@pytest.fixture
-def fresh_accelerate():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
-def test_three_classes_print_and_write_top3(tmp_path, capsys, fresh_accelerate):
+def test_three_classes_print_and_write_top3(tmp_path, capsys, clean_accelerate):
     folder = tmp_path / "three"
     for name, colour in CLASSES.items():
         (folder / "test" / name).mkdir(parents=True)

@@ -25,7 +25,9 @@ from pathlib import Path
 import accelerate
 
 import training.checkpoint as checkpoint
+import training.metrics as metrics
 import training.train as trainer
+from training.guard import StepGuard
 
 
 def _die() -> None:
@@ -48,14 +50,14 @@ def arm(point: str, n: int) -> None:
         return calls == n
 
     if point == "step":
-        check = trainer._check_step
+        check = StepGuard.check
 
         def check_step(*args, **kwargs):
             if reached():
                 _die()
             return check(*args, **kwargs)
 
-        trainer._check_step = check_step
+        StepGuard.check = check_step
     elif point == "save_state":
         save_state = accelerate.Accelerator.save_state
 
@@ -109,7 +111,7 @@ def arm(point: str, n: int) -> None:
 
         checkpoint.shutil.copyfile = torn_copy
     elif point == "metrics":
-        log = trainer.MetricsLog.log
+        log = metrics.MetricsLog.log
 
         def torn_log(self, step, values):
             if reached():
@@ -118,7 +120,7 @@ def arm(point: str, n: int) -> None:
                 _die()
             return log(self, step, values)
 
-        trainer.MetricsLog.log = torn_log
+        metrics.MetricsLog.log = torn_log
     elif point != "none":
         raise SystemExit(f"unknown kill point {point!r}")
 

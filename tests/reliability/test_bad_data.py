@@ -378,7 +378,7 @@ def test_a_run_whose_every_sample_is_unusable_stops_with_the_reasons(tmp_path, m
     card = {"name": "all-bad", "root": str(tmp_path), "image_key": "png", "text_key": "txt",
             "splits": {"train": {"shards": "train/000000.tar"}}, "labels": {"color": ["red"]}}  # fmt: skip
     (tmp_path / "card.yaml").write_text(yaml.safe_dump(card))
-    monkeypatch.setattr("training.train.MAX_EMPTY_BATCHES", 20)
+    monkeypatch.setattr("training.trainer.MAX_EMPTY_BATCHES", 20)
     with pytest.raises(TrainingError, match=r"20 batches in a row held no usable sample.*corrupt image") as stop:
         train_recipe(tmp_path, _recipe(tmp_path / "card.yaml", tmp_path / "run"))
     assert "Check data.dataset" in str(stop.value)

@@ -105,7 +105,7 @@ CASES = {
     "impossible_model_size": (
         "training.train", ["{recipe}", "model.args.dim=-1"],
         "error: model 'vitc_nano_patch8_32' with args {'depth': 2, 'dim': -1, 'drop_path_rate': 0.1, 'heads': 2, "
-        "'stem_width': 16}: ...",
+        "'stem_width': 16, 'num_classes': 36, 'img_size': 32}: ...",  # as resolved against the data
     ),
     "missing_recipe": (
         "training.train", ["{root}/nope.yaml"],

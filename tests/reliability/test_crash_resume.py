@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import REPO, run_cli, tiny_recipe, write_recipe
 from training.checkpoint import find_latest, list_checkpoints
-from training.train import _record_step
+from training.metrics import record_step
 
 STEPS, EVERY = 24, 4
 KILLER = str(Path(__file__).with_name("killer.py"))
@@ -50,7 +50,7 @@ def _last_logged_step(run: Path) -> int:
     """The newest step in metrics.jsonl (a line cut short by the kill does not count)."""
     path = run / "metrics.jsonl"
     lines = path.read_text().splitlines() if path.exists() else []
-    return max([0] + [s for s in map(_record_step, lines) if s is not None])
+    return max([0] + [s for s in map(record_step, lines) if s is not None])
 
 
 def _check_after_kill(run: Path, every: int = EVERY) -> int:

@@ -97,7 +97,7 @@ def test_too_many_bad_steps_in_a_row_stop_the_run(tiny_shapes, tmp_path, monkeyp
         good.update(_digest(final))
         return final
 
-    monkeypatch.setattr("training.train.save_checkpoint", save_and_remember)
+    monkeypatch.setattr("training.trainer.save_checkpoint", save_and_remember)
     with pytest.raises(TrainingError) as stop:
         train_recipe(tmp_path, recipe)
     message = str(stop.value)

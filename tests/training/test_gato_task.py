@@ -99,12 +99,12 @@ def test_control_sequences_are_a_prompt_from_another_episode_then_a_window(
 ) -> None:
     cfg = TrainConfig.from_dict(recipe(tiny_shapes, control_cards, tmp_path / "run"))
     task = GatoTask(cfg.replace(task={"prompt_prob": 1.0}))
-    task.build_model()
+    tokenizer = task.tokenizer(task.build_model())
     per_step = 6  # CartPole: 4 observation values, '|', 1 action; context 48 -> a 4-step prompt and 4 steps
-    episodes = task.episode_tokens("tiny-cartpole")
+    episodes = task.episode_tokens("tiny-cartpole", tokenizer)
     rng = np.random.default_rng(0)
     for _ in range(20):
-        seq = task.control_sequence("tiny-cartpole", rng)
+        seq = task.control_sequence(episodes, "tiny-cartpole", 48, rng)
         assert len(seq) == 48
         # Whole timesteps: every timestep starts with local position 0 and ends with its action.
         assert seq.local_position.view(-1, per_step)[:, 0].tolist() == [0] * 8
@@ -113,8 +113,7 @@ def test_control_sequences_are_a_prompt_from_another_episode_then_a_window(
         source = [i for i, e in enumerate(episodes) if _contains(e.tokens, window)]
         assert source and not any(_contains(episodes[i].tokens, prompt) for i in source)
     without = GatoTask(cfg.replace(task={"prompt_prob": 0.0}))
-    without.build_model()
-    seq = without.control_sequence("tiny-cartpole", rng)
+    seq = without.control_sequence(episodes, "tiny-cartpole", 48, rng)
     assert len(seq) == 48 and any(_contains(e.tokens, seq.tokens) for e in episodes)
 
 
@@ -127,12 +126,12 @@ def test_batches_hold_every_dataset_and_replay_on_resume(
 ) -> None:
     cfg = TrainConfig.from_dict(recipe(tiny_shapes, control_cards, tmp_path / "run"))
     task = GatoTask(cfg)
-    task.build_model()
-    stream = iter(task.train_batches(0))
+    model = task.build_model()
+    stream = iter(task.train_batches(model, 0))
     batches = [next(stream) for _ in range(3)]
     assert set(batches[0]["parts"]) == {"tiny-shapes", "tiny-cartpole", "tiny-pendulum"}
     assert batches[0]["size"] == 8 and [p["tokens"].shape[0] for p in batches[0]["parts"].values()] == [4, 2, 2]
-    resumed = next(iter(task.train_batches(2)))
+    resumed = next(iter(task.train_batches(model, 2)))
     for name, part in batches[2]["parts"].items():
         for key, value in part.items():
             assert torch.equal(resumed["parts"][name][key], value), (name, key)
@@ -174,11 +173,13 @@ def test_the_text_vocabulary_is_the_whole_bpe_or_the_training_captions(
     task = GatoTask(cfg)
     texts = task.caption_texts("train")
     assert len(texts) > len(set(texts)) > 10 and all(isinstance(t, str) and t for t in texts)
-    subset = task.tokenizer.text
+    model = task.build_model()
+    subset = task.tokenizer(model).text
     assert subset.vocab_size == len(SubsetTokenizer.from_texts(texts).tokens) < 200
-    assert task.build_model().cfg.vocab_size == 1024 + 1024 + 1
+    assert model.cfg.vocab_size == 1024 + 1024 + 1
     whole = GatoTask(cfg.replace(task={"text_vocabulary": "bpe"}, model={"args": {"text_vocab_size": 49408}}))
-    assert whole.tokenizer.text_vocab_size == 49408 and whole.tokenizer.text.vocab_size == 49408
+    tokenizer = whole.tokenizer(whole.build_model())
+    assert tokenizer.text_vocab_size == 49408 and tokenizer.text.vocab_size == 49408
     small = GatoTask(cfg.replace(model={"args": {"text_vocab_size": 512}}))
     with pytest.raises(ConfigError, match=r"text_vocab_size=512 cannot hold .* set it to at least 1024"):
-        _ = small.tokenizer
+        small.tokenizer(small.build_model())

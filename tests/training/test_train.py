@@ -13,30 +13,20 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
 from multimodal import load_checkpoint
-from tests.conftest import REPO, tiny_recipe, write_recipe
+from tests.conftest import REPO, fresh_accelerate, tiny_recipe, write_recipe
 from training.checkpoint import list_checkpoints
 from training.train import load_config, train
 
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Accelerate keeps process-wide singletons; each in-process run starts from a clean one."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("clean_accelerate")  # each in-process run starts from a clean Accelerate
 
 
 def _train(tmp_path: Path, recipe: dict, overrides: list[str] = ()) -> dict:
     path = write_recipe(tmp_path / f"recipe-{len(list(tmp_path.glob('recipe-*')))}.yaml", recipe)
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    return train(load_config(path, list(overrides)))
+    with fresh_accelerate():
+        return train(load_config(path, list(overrides)))
 
 
 def _cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
 
 from multimodal import create_model, load_checkpoint
-from tests.conftest import REPO
+from tests.conftest import REPO, fresh_accelerate
 from training.train import load_config, train
 
 RECIPES = sorted((REPO / "configs" / "vision").glob("*.yaml"))
@@ -44,12 +43,7 @@ def test_aa_resnet_recipe_trains_on_an_image_folder(tmp_path: Path):
         "data.num_workers=0", "train.steps=3", "train.eval_every=0", "train.checkpoint_every=0",
         f"run.out_dir={run}", "train.progress=false", "train.log_with=[]",
     ]  # fmt: skip
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    try:
+    with fresh_accelerate():
         results = train(load_config(REPO / "configs" / "vision" / "aa_resnet18-shapes.yaml", overrides))
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
     assert results["step"] == 3 and results["eval/num_samples"] == 12
     assert load_checkpoint(run).fc.out_features == 3  # one logit per class folder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
@@ -9,20 +10,29 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from multimodal.config import ConfigError
-from multimodal.data import SampleDecoder, SkipStats, collate, ensure_dataset, make_loader
-from multimodal.data.stream import folder_samples
+from multimodal.data import SkipStats, collate, make_loader
 from multimodal.evaluation import eval_stream, evaluate_classifier
 
-from ..config import TrainConfig
+from ..config import TaskConfig, TrainConfig
 from .base import Task
+
+__all__ = ["ClassificationOptions", "ClassificationTask"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationOptions(TaskConfig, task="classification"):
+    name: str = "classification"
+    label_smoothing: float = 0.0
+    aux_loss_weight: float = 0.01  # mixture-of-experts load balancing (Switch Transformer's alpha)
 
 
 class ClassificationTask(Task):
     """Cross-entropy on ``data.label`` of the card; top-1/top-5/mean per-class recall on ``data.eval_split``."""
 
+    Options = ClassificationOptions
+
     def __init__(self, cfg: TrainConfig, acc=None) -> None:
         super().__init__(cfg, acc)
-        self.card = self.load_card()
         if not self.card.labels:
             raise ConfigError(
                 f"dataset {self.card.name!r} has no labels, which a classification task needs; set data.dataset to "
@@ -46,38 +56,23 @@ class ClassificationTask(Task):
             )
         return self.cfg.replace(model={"args": args}, data={"label": self.label})
 
-    def prepare_data(self) -> None:
-        ensure_dataset(self.card, progress=True)
+    def _label_key(self) -> str:
+        return "cls" if self.card.format == "folder" else self.label
 
-    def _decoder(self, *, train: bool) -> SampleDecoder:
-        d = self.cfg.data
-        return SampleDecoder(
-            image_size=d.image_size,
-            image_key=self.card.image_key,
-            label_key="cls" if self.card.format == "folder" else self.label,
-            mean=d.mean,
-            std=d.std,
-            augment=d.augment if train else "none",
-            seed=self.cfg.run.seed,
-        )
-
-    def train_batches(self, start_batch: int) -> Iterable[dict[str, Any]]:
+    def train_batches(self, model: nn.Module, start_batch: int) -> Iterable[dict[str, Any]]:
         split = self.cfg.data.train_split
-        if self.card.format == "folder":
-            source: dict[str, Any] = {"items": folder_samples(self.card.folder(split))}
-            num_samples = len(source["items"])
-        else:
-            source, num_samples = {"urls": self.card.shard_urls(split)}, self.card.split(split).num_samples
+        source, num_samples = self.source(self.card, split)
         self.warn_small_split(self.card.name, split, num_samples)
-        return self.train_loader(source, decode=self._decoder(train=True), collate=collate, start_batch=start_batch)
+        decode = self.decoder(self.card, train=True, label=self._label_key())
+        return self.train_loader(source, decode=decode, collate=collate, start_batch=start_batch)
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         logits = model(batch["image"])  # (B, num_classes)
-        loss = F.cross_entropy(logits.float(), batch["label"], label_smoothing=self.cfg.task.label_smoothing)
+        loss = F.cross_entropy(logits.float(), batch["label"], label_smoothing=self.opts.label_smoothing)
         logs = {"loss": loss.detach(), "acc": (logits.argmax(-1) == batch["label"]).float().mean()}
-        aux = getattr(getattr(model, "module", model), "aux_loss", None)  # MoE load balancing; DDP wraps in .module
+        aux = getattr(self.unwrap(model), "aux_loss", None)  # mixture-of-experts load balancing
         if isinstance(aux, Tensor) and aux.requires_grad:
-            loss = loss + self.cfg.task.aux_loss_weight * aux
+            loss = loss + self.opts.aux_loss_weight * aux
             logs["aux_loss"] = aux.detach()
         return loss, logs
 
@@ -86,13 +81,9 @@ class ClassificationTask(Task):
         if d.eval_split is None:
             return {}, SkipStats()
         rank, world = self.rank_world()
+        decoder = self.decoder(self.card, train=False, label=self._label_key())
         stream = eval_stream(
-            self.card,
-            d.eval_split,
-            decoder=self._decoder(train=False),
-            batch_size=d.eval_batch_size,
-            rank=rank,
-            world_size=world,
+            self.card, d.eval_split, decoder=decoder, batch_size=d.eval_batch_size, rank=rank, world_size=world
         )
         loader = make_loader(stream, num_workers=min(d.num_workers, 2))
         return evaluate_classifier(model, loader, num_classes=len(self.classes), acc=self.acc)

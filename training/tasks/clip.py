@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from multimodal.config import ConfigError
-from multimodal.data import SampleDecoder, SkipStats, collate, ensure_dataset
+from multimodal.data import SkipStats
 from multimodal.evaluation import zeroshot_evaluate
 from multimodal.losses import ClipLoss, SigLipLoss, cached_contrastive_backward, split_batch
+from multimodal.runs import get_tokenizer
+from multimodal.tokenizers import ClipTokenizer
 
-from ..config import TrainConfig
-from .base import Task
+from ..config import TaskConfig, TrainConfig
+from .base import Task, collate_captions
 
-__all__ = ["ClipTask"]
+__all__ = ["ClipOptions", "ClipTask"]
 
 
-def _collate_tokens(samples: list[dict[str, Any]], tokenizer) -> dict[str, Any]:
-    batch = collate(samples)
-    batch["tokens"] = tokenizer(batch["text"])  # (B, context_length), tokenized in the loader workers
-    return batch
+@dataclasses.dataclass(frozen=True)
+class ClipOptions(TaskConfig, task="clip"):
+    name: str = "clip"
+    loss: Literal["clip", "siglip"] = "clip"  # the contrastive loss of the image and text towers
+    grad_cache_chunks: int = 1  # the exact gradient of a batch computed in this many chunks (GradCache)
+    zeroshot_splits: tuple[str, ...] = ()  # splits to zero-shot classify (default: data.eval_split)
 
 
 class ClipTask(Task):
@@ -35,9 +40,10 @@ class ClipTask(Task):
     for shapes trains on any image-text shards.
     """
 
+    Options = ClipOptions
+
     def __init__(self, cfg: TrainConfig, acc=None) -> None:
         super().__init__(cfg, acc)
-        self.card = self.load_card()
         if self.card.format == "folder":
             raise ConfigError(
                 f"CLIP needs captions, and {self.card.name!r} is an image folder without any; set data.dataset to "
@@ -53,15 +59,16 @@ class ClipTask(Task):
                 "data.caption_sampling=fixed to silence this"
             )
         self.label, self.splits = self._zeroshot_plan()
-        self._tokenizer = None
-        self._loss: nn.Module | None = None
+        rank, world = self.rank_world()
+        self.loss_fn = (ClipLoss if self.opts.loss == "clip" else SigLipLoss)(rank=rank, world_size=world)
+        self._tokenizer: ClipTokenizer | None = None
 
     def _zeroshot_plan(self) -> tuple[str | None, list[str]]:
         """The label and the splits to zero-shot classify: those the recipe asks for that the card has."""
         d, card = self.cfg.data, self.card
         label = d.label or next(iter(card.labels), None)
-        if self.cfg.task.zeroshot_splits:
-            asked, keys = list(self.cfg.task.zeroshot_splits), "task.zeroshot_splits, data.eval_split"
+        if self.opts.zeroshot_splits:
+            asked, keys = list(self.opts.zeroshot_splits), "task.zeroshot_splits, data.eval_split"
             silence = "task.zeroshot_splits=[] data.eval_split=null"
         else:
             asked, keys, silence = [d.eval_split] if d.eval_split else [], "data.eval_split", "data.eval_split=null"
@@ -94,14 +101,11 @@ class ClipTask(Task):
 
     def resolve(self) -> TrainConfig:
         """The recipe as it will run: the label, the caption sampling and the zero-shot splits the card allows."""
-        zeroshot = tuple(self.splits) if self.cfg.task.zeroshot_splits else ()
+        zeroshot = tuple(self.splits) if self.opts.zeroshot_splits else ()
         data = {"label": self.label, "caption_sampling": self.caption_sampling}
         if not self.splits:
             data["eval_split"] = None
         return self.cfg.replace(task={"zeroshot_splits": zeroshot}, data=data)
-
-    def prepare_data(self) -> None:
-        ensure_dataset(self.card, progress=True)
 
     def build_model(self) -> nn.Module:
         model = super().build_model()
@@ -111,52 +115,28 @@ class ClipTask(Task):
                 f"data.image_size={self.cfg.data.image_size} but the image tower takes {size}x{size}; "
                 f"set data.image_size={size} or model.args.vision.img_size"
             )
-        self._context_length = model.cfg.text.context_length
         return model
 
-    @property
-    def tokenizer(self):
+    def tokenizer(self, model: nn.Module) -> ClipTokenizer:
+        """The tokenizer of ``model``'s text tower (its context length); made once."""
         if self._tokenizer is None:
-            from multimodal.tokenizers import ClipTokenizer
-
-            self._tokenizer = ClipTokenizer(context_length=self._context_length)
+            self._tokenizer = get_tokenizer(self.unwrap(model))
         return self._tokenizer
 
-    def _decoder(self, *, train: bool, label: str | None = None) -> SampleDecoder:
-        d = self.cfg.data
-        return SampleDecoder(
-            image_size=d.image_size,
-            image_key=self.card.image_key,
-            text_key=self.card.text_key if train else None,
-            captions_key=self.card.captions_key if train and self.caption_sampling == "random" else None,
-            label_key=label,
-            mean=d.mean,
-            std=d.std,
-            augment=d.augment if train else "none",
-            seed=self.cfg.run.seed,
-        )
-
-    def train_batches(self, start_batch: int) -> Iterable[dict[str, Any]]:
+    def train_batches(self, model: nn.Module, start_batch: int) -> Iterable[dict[str, Any]]:
         split = self.cfg.data.train_split
-        self.warn_small_split(self.card.name, split, self.card.split(split).num_samples)
+        source, num_samples = self.source(self.card, split)
+        self.warn_small_split(self.card.name, split, num_samples)
         return self.train_loader(
-            {"urls": self.card.shard_urls(split)},
-            decode=self._decoder(train=True),
-            collate=partial(_collate_tokens, tokenizer=self.tokenizer),
+            source,
+            decode=self.decoder(self.card, train=True, text=True),
+            collate=partial(collate_captions, tokenizer=self.tokenizer(model)),
             start_batch=start_batch,
         )
 
-    @property
-    def loss_fn(self) -> nn.Module:
-        if self._loss is None:
-            rank, world = self.rank_world()
-            kind = ClipLoss if self.cfg.task.loss == "clip" else SigLipLoss
-            self._loss = kind(rank=rank, world_size=world)
-        return self._loss
-
     def _contrastive(self, out: dict[str, Tensor]) -> Tensor:
         args = [out["image_features"], out["text_features"], out["logit_scale"]]
-        if self.cfg.task.loss == "siglip":
+        if self.opts.loss == "siglip":
             args.append(out["logit_bias"])
         return self.loss_fn(*args)
 
@@ -166,30 +146,26 @@ class ClipTask(Task):
         return loss, {"loss": loss.detach(), "logit_scale": out["logit_scale"].detach()}
 
     def step(self, acc, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
-        chunks = self.cfg.task.grad_cache_chunks
+        chunks = self.opts.grad_cache_chunks
         if chunks <= 1:
             return super().step(acc, model, batch)
-        inner = acc.unwrap_model(model)
-
-        def encode(chunk: dict[str, Any]) -> tuple[Tensor, Tensor]:
-            out = model(chunk["image"], chunk["tokens"])
-            return out["image_features"], out["text_features"]
-
-        def loss_fn(image_features: Tensor, text_features: Tensor) -> Tensor:
-            out = {"image_features": image_features, "text_features": text_features}
-            out["logit_scale"] = inner.logit_scale.exp()
-            if getattr(inner, "logit_bias", None) is not None:
-                out["logit_bias"] = inner.logit_bias
-            return self._contrastive(out)
-
+        inner = self.unwrap(model)
         # The logit scale's gradient comes from the loss on cached features, outside any forward pass, which
         # DDP's reducer cannot see: so every chunk runs without DDP sync and the gradients are averaged here.
         with acc.no_sync(model):
             pairs = {"image": batch["image"], "tokens": batch["tokens"]}
+            encode, loss_fn = partial(_encode, model), partial(self._loss_on_features, inner)
             loss = cached_contrastive_backward(encode, split_batch(pairs, chunks), loss_fn)
         if acc.num_processes > 1:
             _average_gradients(list(inner.parameters()), acc.num_processes)
         return {"loss": loss, "logit_scale": inner.logit_scale.exp().detach()}
+
+    def _loss_on_features(self, inner: nn.Module, image_features: Tensor, text_features: Tensor) -> Tensor:
+        out = {"image_features": image_features, "text_features": text_features}
+        out["logit_scale"] = inner.logit_scale.exp()
+        if getattr(inner, "logit_bias", None) is not None:
+            out["logit_bias"] = inner.logit_bias
+        return self._contrastive(out)
 
     def after_step(self, model: nn.Module) -> None:
         model.clamp_logit_scale_()
@@ -197,10 +173,10 @@ class ClipTask(Task):
     def evaluate(self, model: nn.Module, *, step: int = 0) -> tuple[dict[str, float], SkipStats]:
         if not self.splits:
             return {}, SkipStats()
-        inner = self.acc.unwrap_model(model) if self.acc is not None else model
+        inner = self.unwrap(model)
         results = zeroshot_evaluate(
-            inner, self.tokenizer, self.card, splits=self.splits, label=self.label,
-            decoder=self._decoder(train=False, label=self.label), acc=self.acc,
+            inner, self.tokenizer(inner), self.card, splits=self.splits, label=self.label,
+            decoder=self.decoder(self.card, train=False, label=self.label), acc=self.acc,
             batch_size=self.cfg.data.eval_batch_size, num_workers=min(self.cfg.data.num_workers, 1),
         )  # fmt: skip
         flat = {}
@@ -209,6 +185,11 @@ class ClipTask(Task):
                 if key in metrics:
                     flat[f"{split}_{key}"] = metrics[key]
         return flat, SkipStats()
+
+
+def _encode(model: nn.Module, chunk: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    out = model(chunk["image"], chunk["tokens"])
+    return out["image_features"], out["text_features"]
 
 
 def _average_gradients(params: list[nn.Parameter], world_size: int) -> None:

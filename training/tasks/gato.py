@@ -20,19 +20,20 @@ The run saves its tokenizer as ``gato_tokenizer.json`` next to ``config.yaml``; 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from multimodal.config import ConfigError
-from multimodal.data import SampleDecoder, SampleStream, SkipStats, ensure_dataset, load_card, make_loader
+from multimodal.data import SkipStats
 from multimodal.data.cards import DatasetCard
 from multimodal.data.control import Episode, env_spec, read_episodes
 from multimodal.data.shards import read_shard
@@ -41,10 +42,22 @@ from multimodal.pipelines.gato import control_layout
 from multimodal.tokenizers import ClipTokenizer, SubsetTokenizer
 from multimodal.tokenizers.gato import NUM_DISCRETE, TOKENIZER_FILE, GatoTokenizer, GatoTokens, collate_tokens
 
-from ..config import TrainConfig
+from ..config import TaskConfig, TrainConfig
 from .base import Task
 
-__all__ = ["GatoTask", "split_batch"]
+__all__ = ["GatoOptions", "GatoTask", "split_batch"]
+
+RAW_PIXELS = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # (mean, std): pixels stay in [0, 1], the tokenizer normalises patches
+
+
+@dataclasses.dataclass(frozen=True)
+class GatoOptions(TaskConfig, task="gato"):
+    name: str = "gato"
+    mixture: dict[str, float] = dataclasses.field(default_factory=dict)  # dataset card -> share of a batch
+    prompt_prob: float = 0.25  # share of control sequences prefixed with a demonstration of the same task
+    eval_episodes: int = 5  # rollouts per control dataset at each evaluation
+    eval_samples: int = 64  # images captioned at each evaluation
+    text_vocabulary: Literal["bpe", "captions"] = "bpe"  # open_clip's BPE, or only the captions' tokens
 
 
 def split_batch(mixture: dict[str, float], batch_size: int) -> dict[str, int]:
@@ -79,19 +92,24 @@ def _caption_collate(samples: list[dict[str, Any]], tokenizer: GatoTokenizer) ->
 class GatoTask(Task):
     """One GATO model trained on every dataset of ``task.mixture`` at once."""
 
+    Options = GatoOptions
+    reads_dataset = False  # it reads the cards of task.mixture
+
     def __init__(self, cfg: TrainConfig, acc=None) -> None:
         super().__init__(cfg, acc)
-        cards = {key: load_card(key) for key in cfg.task.mixture}  # keys: card names or paths
+        cards = {key: self.load_card(key, key=f"task.mixture.{key}") for key in self.opts.mixture}
         names = [card.name for card in cards.values()]
         if len(set(names)) != len(names):
             raise ValueError(f"task.mixture names two datasets with the same card name: {names}")
         self.cards: dict[str, DatasetCard] = {card.name: card for card in cards.values()}
-        self.counts = split_batch({cards[k].name: share for k, share in cfg.task.mixture.items()}, cfg.data.batch_size)
+        self.counts = split_batch(
+            {cards[k].name: share for k, share in self.opts.mixture.items()}, cfg.data.batch_size
+        )
         for name, card in self.cards.items():
             if not self.is_control(name) and card.format != "wds":
                 raise ValueError(f"dataset {name!r}: captioning reads WebDataset shards, not an image folder")
-        if not 0.0 <= cfg.task.prompt_prob <= 1.0:
-            raise ValueError(f"task.prompt_prob must be in [0, 1], got {cfg.task.prompt_prob}")
+        if not 0.0 <= self.opts.prompt_prob <= 1.0:
+            raise ValueError(f"task.prompt_prob must be in [0, 1], got {self.opts.prompt_prob}")
         self._tokenizer: GatoTokenizer | None = None
         self._episodes: dict[tuple[str, str], list[Episode]] = {}
         self._tokens: dict[str, list[GatoTokens]] = {}
@@ -104,8 +122,15 @@ class GatoTask(Task):
         return env_spec(self.cards[name].generator_args["env_id"])
 
     def prepare_data(self) -> None:
-        for card in self.cards.values():
-            ensure_dataset(card, progress=True)
+        self.ensure_datasets(*self.cards.values())
+
+    def build_model(self) -> nn.Module:
+        """The model; its context must hold a prompt and a window of every control dataset's timesteps."""
+        model = super().build_model()
+        for name in self.counts:
+            if self.is_control(name):
+                control_layout(self.env(name), model.cfg.context_length)  # raises if the context is too short
+        return model
 
     def caption_texts(self, split: str) -> list[str]:
         """Every caption (the text and the alternative captions of each sample) of the mixture's captioned
@@ -122,40 +147,28 @@ class GatoTask(Task):
                         texts += json.loads(sample["json"]).get(card.captions_key, [])
         return texts
 
-    @property
-    def tokenizer(self) -> GatoTokenizer:
-        """The run's tokenizer (built on first use), its layout the model's: ``text_vocab_size``, bins, patch."""
-        if self._tokenizer is None:
-            from multimodal import create_model
-
-            with torch.device("meta"):
-                layout = create_model(self.cfg.model.name, **self.cfg.model.args).cfg
-            if self.cfg.task.text_vocabulary == "captions":
-                text = SubsetTokenizer.from_texts(self.caption_texts(self.cfg.data.train_split))
-            else:
-                text = ClipTokenizer()
-            if layout.text_vocab_size < max(text.vocab_size, NUM_DISCRETE):
-                raise ConfigError(
-                    f"model.args.text_vocab_size={layout.text_vocab_size} cannot hold the {text.vocab_size} text "
-                    f"ids of task.text_vocabulary={self.cfg.task.text_vocabulary} and the {NUM_DISCRETE} discrete "
-                    f"ids; set it to at least {max(text.vocab_size, NUM_DISCRETE)}"
-                )
-            self._tokenizer = GatoTokenizer(
-                text, text_vocab_size=layout.text_vocab_size, num_bins=layout.num_bins, patch_size=layout.patch_size
+    def tokenizer(self, model: nn.Module) -> GatoTokenizer:
+        """The run's tokenizer, its layout the model's (``text_vocab_size``, bins, patch); made once (after the data:
+        ``task.text_vocabulary=captions`` reads the training captions) and saved next to the run's config."""
+        if self._tokenizer is not None:
+            return self._tokenizer
+        layout = self.unwrap(model).cfg
+        if self.opts.text_vocabulary == "captions":
+            text = SubsetTokenizer.from_texts(self.caption_texts(self.cfg.data.train_split))
+        else:
+            text = ClipTokenizer()
+        if layout.text_vocab_size < max(text.vocab_size, NUM_DISCRETE):
+            raise ConfigError(
+                f"model.args.text_vocab_size={layout.text_vocab_size} cannot hold the {text.vocab_size} text "
+                f"ids of task.text_vocabulary={self.opts.text_vocabulary} and the {NUM_DISCRETE} discrete "
+                f"ids; set it to at least {max(text.vocab_size, NUM_DISCRETE)}"
             )
+        self._tokenizer = GatoTokenizer(
+            text, text_vocab_size=layout.text_vocab_size, num_bins=layout.num_bins, patch_size=layout.patch_size
+        )
+        if self.is_main_process and self.acc is not None:
+            self._tokenizer.save(self.cfg.run_dir / TOKENIZER_FILE)
         return self._tokenizer
-
-    def build_model(self) -> nn.Module:
-        model = super().build_model()
-        cfg = model.cfg
-        self.tokenizer.check_model(cfg)
-        if self.acc is not None and self.acc.is_main_process:
-            self.tokenizer.save(self.cfg.run_dir / TOKENIZER_FILE)
-        for name in self.counts:
-            if self.is_control(name):
-                control_layout(self.env(name), cfg.context_length)  # raises if the context is too short
-        self.context_length = cfg.context_length
-        return model
 
     # --- data --------------------------------------------------------------------------------------------------
 
@@ -164,21 +177,21 @@ class GatoTask(Task):
             self._episodes[name, split] = read_episodes(self.cards[name], split)
         return self._episodes[name, split]
 
-    def episode_tokens(self, name: str) -> list[GatoTokens]:
+    def episode_tokens(self, name: str, tokenizer: GatoTokenizer) -> list[GatoTokens]:
         if name not in self._tokens:
             self._tokens[name] = [
-                self.tokenizer.encode_arrays(e.observations, e.actions)
+                tokenizer.encode_arrays(e.observations, e.actions)
                 for e in self.episodes(name, self.cfg.data.train_split)
             ]
         return self._tokens[name]
 
-    def control_sequence(self, name: str, rng: np.random.Generator) -> GatoTokens:
-        """One training sequence of dataset ``name``: [prompt from another episode] + a window of one episode."""
-        episodes = self.episode_tokens(name)
-        per_step, prompt_steps = control_layout(self.env(name), self.context_length)
+    def control_sequence(self, episodes: list[GatoTokens], name: str, context: int, rng: np.random.Generator):
+        """One training sequence of dataset ``name`` in a ``context`` of tokens: [prompt from another of its
+        ``episodes``] + a window of one episode."""
+        per_step, prompt_steps = control_layout(self.env(name), context)
         index = int(rng.integers(len(episodes)))
         parts = []
-        if rng.random() < self.cfg.task.prompt_prob:
+        if rng.random() < self.opts.prompt_prob:
             other = int(rng.integers(len(episodes) - 1)) if len(episodes) > 1 else 0
             other += other >= index and len(episodes) > 1  # another episode than the window's
             demo = episodes[other]
@@ -186,7 +199,7 @@ class GatoTask(Task):
             n = min(prompt_steps, steps)
             start = steps - n if rng.random() < 0.5 else int(rng.integers(steps - n + 1))
             parts.append(demo.slice(start * per_step, (start + n) * per_step))
-        room = (self.context_length - sum(len(p) for p in parts)) // per_step
+        room = (context - sum(len(p) for p in parts)) // per_step
         episode = episodes[index]
         steps = len(episode) // per_step
         n = min(room, steps)
@@ -194,37 +207,15 @@ class GatoTask(Task):
         parts.append(episode.slice(start * per_step, (start + n) * per_step))
         return GatoTokens.concat(parts)
 
-    def caption_decoder(self, name: str, *, train: bool) -> SampleDecoder:
-        card = self.cards[name]
-        return SampleDecoder(
-            image_size=self.cfg.data.image_size,
-            image_key=card.image_key,
-            text_key=card.text_key if train else None,
-            captions_key=card.captions_key if train and self.cfg.data.caption_sampling == "random" else None,
-            mean=(0.0, 0.0, 0.0),  # pixels stay in [0, 1]: the tokenizer normalises patches itself
-            std=(1.0, 1.0, 1.0),
-            seed=self.cfg.run.seed,
-        )
-
-    def train_batches(self, start_batch: int) -> Iterator[dict[str, Any]]:
-        rank, world = self.rank_world()
-        d, seed = self.cfg.data, self.cfg.run.seed
-        captions = {}
-        for name in self.counts:
-            if not self.is_control(name):
-                stream = SampleStream(
-                    urls=self.cards[name].shard_urls(d.train_split),
-                    decode=self.caption_decoder(name, train=True),
-                    collate=partial(_caption_collate, tokenizer=self.tokenizer),
-                    batch_size=self.counts[name],
-                    seed=seed,
-                    rank=rank,
-                    world_size=world,
-                    resampled=d.resampled,
-                    shuffle_buffer=d.shuffle_buffer,
-                    start_batch=start_batch,
-                )
-                captions[name] = iter(make_loader(stream, num_workers=d.num_workers, seed=seed))
+    def train_batches(self, model: nn.Module, start_batch: int) -> Iterator[dict[str, Any]]:
+        """Each batch holds every dataset's share: captions from their own loaders, control windows drawn here."""
+        tokenizer, context = self.tokenizer(model), self.unwrap(model).cfg.context_length
+        rank, seed = self.rank_world()[0], self.cfg.run.seed
+        captions = {
+            name: iter(self._caption_loader(name, count, tokenizer, start_batch))
+            for name, count in self.counts.items()
+            if not self.is_control(name)
+        }
         batch = start_batch
         while True:
             parts, keys, skipped = {}, [], []
@@ -238,56 +229,59 @@ class GatoTask(Task):
                     parts[name] = out["sequences"]
                 else:
                     rng = np.random.default_rng([seed, batch, rank, i])
-                    parts[name] = collate_tokens([self.control_sequence(name, rng) for _ in range(count)])
+                    episodes = self.episode_tokens(name, tokenizer)
+                    parts[name] = collate_tokens(
+                        [self.control_sequence(episodes, name, context, rng) for _ in range(count)]
+                    )
                     keys += [f"{name}:{batch}:{j}" for j in range(count)]
             yield {"parts": parts, "size": sum(p["tokens"].shape[0] for p in parts.values()), "key": keys,
                    "skipped": skipped}  # fmt: skip
             batch += 1
 
+    def _caption_loader(self, name: str, count: int, tokenizer: GatoTokenizer, start_batch: int):
+        card = self.cards[name]
+        source, _ = self.source(card, self.cfg.data.train_split)
+        return self.train_loader(
+            source,
+            decode=self.decoder(card, train=True, text=True, normalise=RAW_PIXELS),
+            collate=partial(_caption_collate, tokenizer=tokenizer),
+            start_batch=start_batch,
+            batch_size=count,
+        )
+
     # --- loss ----------------------------------------------------------------------------------------------------
 
-    def _targets(self, batch: dict[str, Any]) -> dict[str, int]:
-        """Text and action targets of each dataset's sequences: what weighs its loss in the batch mean."""
-        counts = {name: int(part["loss_mask"][:, 1:].sum()) for name, part in batch["parts"].items()}
-        if not sum(counts.values()):
+    def _weighted_part(self, model: nn.Module, batch: dict[str, Any], name: str) -> tuple[Tensor, dict[str, Tensor]]:
+        """One dataset's mean next-token loss, weighted by its share of the batch's text and action targets, and
+        its logs."""
+        targets = {n: int(part["loss_mask"][:, 1:].sum()) for n, part in batch["parts"].items()}
+        if not sum(targets.values()):
             raise ValueError("the batch has no text or action targets")
-        return counts
-
-    def _part(self, model: nn.Module, part: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         device = next(model.parameters()).device
-        return model({k: v.to(device, non_blocking=True) for k, v in part.items()}, compute_loss=True)
-
-    @staticmethod
-    def _part_logs(name: str, logs: dict[str, Tensor]) -> dict[str, Tensor]:
+        part = {k: v.to(device, non_blocking=True) for k, v in batch["parts"][name].items()}
+        loss, logs = model(part, compute_loss=True)
         out = {f"{name}_loss": logs["loss"]}
         for key in ("text_acc", "action_acc"):
             if key in logs:
                 out[f"{name}_acc"] = logs[key]
-        return out
+        return loss * targets[name] / sum(targets.values()), out
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         """Mean next-token loss over every text and action target of every dataset in the batch."""
-        targets = self._targets(batch)
-        total, logs = 0.0, {}
-        for name, part in batch["parts"].items():
-            loss, part_logs = self._part(model, part)
-            total = total + loss * targets[name] / sum(targets.values())
-            logs.update(self._part_logs(name, part_logs))
-        return total, {"loss": total.detach(), **logs}
+        results = [self._weighted_part(model, batch, name) for name in batch["parts"]]
+        total = sum(loss for loss, _ in results)
+        return total, {"loss": total.detach(), **{k: v for _, logs in results for k, v in logs.items()}}
 
     def step(self, acc, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
         """:meth:`loss`, with one forward and backward per dataset (each sequence length its own), gradients
         synchronised across processes only after the last."""
-        targets = self._targets(batch)
-        total, logs = 0.0, {}
-        names = list(batch["parts"])
-        for name in names:
-            with acc.no_sync(model) if name != names[-1] else contextlib.nullcontext():
-                loss, part_logs = self._part(model, batch["parts"][name])
-                weighted = loss * targets[name] / sum(targets.values())
-                acc.backward(weighted)
-            total += weighted.detach()
-            logs.update(self._part_logs(name, part_logs))
+        total, logs, last = 0.0, {}, list(batch["parts"])[-1]
+        for name in batch["parts"]:
+            with acc.no_sync(model) if name != last else contextlib.nullcontext():
+                loss, part_logs = self._weighted_part(model, batch, name)
+                acc.backward(loss)
+            total += loss.detach()
+            logs.update(part_logs)
         return {"loss": total, **logs}
 
     # --- evaluation ----------------------------------------------------------------------------------------------
@@ -296,27 +290,21 @@ class GatoTask(Task):
     def evaluate(self, model: nn.Module, *, step: int = 0) -> tuple[dict[str, float], SkipStats]:
         """Rollouts of ``task.eval_episodes`` per control dataset (mean return, expert-normalised score) and the
         captioning accuracy on ``task.eval_samples`` images of ``data.eval_split``."""
-        inner = self.acc.unwrap_model(model) if self.acc is not None else model
-        was_training = inner.training
-        inner.eval()
+        inner = self.unwrap(model)
+        tokenizer = self.tokenizer(inner)
         results: dict[str, float] = {}
         skips = SkipStats()
-        try:
+        with self.evaluation_mode(inner):
             for name in self.counts:
-                if self.is_control(name):
-                    if self.cfg.task.eval_episodes > 0:
-                        out = evaluate_control(
-                            inner, self.tokenizer, self.cards[name], episodes=self.cfg.task.eval_episodes
-                        )
-                        results[f"{name}_return"] = out["mean_return"]
-                        results[f"{name}_score"] = out["normalised_score"]
-                elif self.cfg.data.eval_split and self.cfg.task.eval_samples > 0:
+                if self.is_control(name) and self.opts.eval_episodes > 0:
+                    out = evaluate_control(inner, tokenizer, self.cards[name], episodes=self.opts.eval_episodes)
+                    results[f"{name}_return"] = out["mean_return"]
+                    results[f"{name}_score"] = out["normalised_score"]
+                elif not self.is_control(name) and self.cfg.data.eval_split and self.opts.eval_samples > 0:
                     out, skipped = evaluate_captioning(
-                        inner, self.tokenizer, self.cards[name], self.cfg.data.eval_split,
-                        samples=self.cfg.task.eval_samples, image_size=self.cfg.data.image_size,
+                        inner, tokenizer, self.cards[name], self.cfg.data.eval_split,
+                        samples=self.opts.eval_samples, image_size=self.cfg.data.image_size,
                     )  # fmt: skip
                     results[f"{name}_caption_acc"] = out["accuracy"]
                     skips.merge(skipped)
-        finally:
-            inner.train(was_training)
         return results, skips

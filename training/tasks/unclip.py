@@ -9,6 +9,7 @@ Each wrapper's ``forward`` is its training loss, so a DDP/FSDP-wrapped model is 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -17,25 +18,44 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.utils import save_image
 
 from multimodal import load_checkpoint
-from multimodal.checkpoint import read_run_config
-from multimodal.data import SampleDecoder, SkipStats, collate, ensure_dataset
-from multimodal.data.embeddings import ClipEmbeddings, cached_clip_embeddings
+from multimodal.data import SampleStream, SkipStats, collate
+from multimodal.data.embeddings import ClipEmbeddings
+from multimodal.pipelines.unclip import clip_image_embeddings
+from multimodal.runs import cached_clip_embeddings, get_tokenizer, read_run_config
 
-from ..config import TrainConfig
-from .base import Task
+from ..config import TaskConfig, TrainConfig
+from .base import UNIT_RANGE, Task, collate_captions
 
-__all__ = ["DecoderTask", "PriorTask", "UpsamplerTask"]
-
-UNIT_RANGE = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}  # images in [-1, 1], as diffusion models take them
+__all__ = ["DecoderOptions", "DecoderTask", "PriorOptions", "PriorTask", "UpsamplerOptions", "UpsamplerTask"]
 
 
-def _collate_tokens(samples: list[dict[str, Any]], tokenizer: Any) -> dict[str, Any]:
-    batch = collate(samples)
-    batch["tokens"] = tokenizer(batch["text"])  # (B, L)
-    return batch
+@dataclasses.dataclass(frozen=True)
+class _SamplingOptions(TaskConfig):
+    eval_samples: int = 64  # evaluation samples drawn at each evaluation
+    sample_steps: int = 25  # DPM-Solver++ steps of evaluation samples
+
+
+@dataclasses.dataclass(frozen=True)
+class _ClipConditionedOptions(_SamplingOptions):
+    clip: str | None = None  # the frozen CLIP's run directory
+    guidance_scale: float = 3.0  # classifier-free guidance of evaluation samples
+
+
+@dataclasses.dataclass(frozen=True)
+class PriorOptions(_ClipConditionedOptions, task="unclip_prior"):
+    name: str = "unclip_prior"
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderOptions(_ClipConditionedOptions, task="unclip_decoder"):
+    name: str = "unclip_decoder"
+
+
+@dataclasses.dataclass(frozen=True)
+class UpsamplerOptions(_SamplingOptions, task="unclip_upsampler"):
+    name: str = "unclip_upsampler"
 
 
 class _ClipConditioned(Task):
@@ -43,49 +63,48 @@ class _ClipConditioned(Task):
 
     def __init__(self, cfg: TrainConfig, acc=None) -> None:
         super().__init__(cfg, acc)
-        if not cfg.task.clip:
+        if not self.opts.clip:
             raise ValueError(
-                f"task {cfg.task.name} needs task.clip=RUN, the directory of a trained CLIP run "
+                f"task {self.opts.name} needs task.clip=RUN, the directory of a trained CLIP run "
                 "(e.g. runs/clip-shapes from configs/clip/shapes.yaml)"
             )
-        if not (Path(cfg.task.clip) / "config.yaml").is_file():
+        if not (Path(self.opts.clip) / "config.yaml").is_file():
             raise ValueError(
-                f"task.clip={cfg.task.clip!r} is not a CLIP run directory (no config.yaml); train the CLIP first "
+                f"task.clip={self.opts.clip!r} is not a CLIP run directory (no config.yaml); train the CLIP first "
                 "(configs/clip/shapes.yaml for the shapes recipes) or point task.clip at its run"
             )
-        read_run_config(cfg.task.clip, task="clip")  # a run of another family is a clear error here
-        self.card = self.load_card()
+        self.clip_data = read_run_config(self.opts.clip, task="clip").get("data", {})  # another family: an error
         if self.card.format == "folder":
             raise ValueError(f"unCLIP needs captions; {self.card.name} is an image folder without any")
         self._clip: nn.Module | None = None
-        self._clip_data: dict[str, Any] | None = None
         self._embeddings: dict[str, ClipEmbeddings] = {}
 
     @property
     def clip(self) -> nn.Module:
         if self._clip is None:
             device = self.acc.device if self.acc is not None else "cpu"
-            self._clip = load_checkpoint(self.cfg.task.clip, device=device).requires_grad_(False)
+            self._clip = load_checkpoint(self.opts.clip, device=device).requires_grad_(False)
         return self._clip
 
     def embeddings(self, split: str) -> ClipEmbeddings:
         if split not in self._embeddings:
-            self._embeddings[split] = cached_clip_embeddings(self.cfg.task.clip, self.card, split, progress=True)
+            self._embeddings[split] = cached_clip_embeddings(self.opts.clip, self.card, split, progress=True)
         return self._embeddings[split]
 
     def prepare_data(self) -> None:
-        ensure_dataset(self.card, progress=True)
+        super().prepare_data()
         for split in filter(None, (self.cfg.data.train_split, self.cfg.data.eval_split)):
             self.embeddings(split)
 
-    def check_clip_shapes(self, model: nn.Module) -> None:
-        """The model's embedding and text widths must be the CLIP's."""
-        clip = self.clip
-        want = {"embed_dim": clip.cfg.embed_dim, "text_width": clip.cfg.text.width}
+    def build_model(self) -> nn.Module:
+        """The model, its embedding and text widths checked against the CLIP's."""
+        model = super().build_model()
+        want = {"embed_dim": self.clip.cfg.embed_dim, "text_width": self.clip.cfg.text.width}
         have = {k: model.config[k] for k in want}
         if have != want:
             args = " ".join(f"model.args.{k}={v}" for k, v in want.items())
             raise ValueError(f"{self.cfg.model.name} is built for {have} but the CLIP of task.clip has {want}: {args}")
+        return model
 
     @torch.no_grad()
     def encode_text(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -93,18 +112,34 @@ class _ClipConditioned(Task):
         with torch.autocast(tokens.device.type, enabled=False):
             return self.clip.encode_text_tokens(tokens)
 
-    def eval_rows(self) -> tuple[ClipEmbeddings, Tensor]:
-        """The first ``task.eval_samples`` rows of the evaluation split (the same rows on every evaluation)."""
+    def eval_rows(self, model: nn.Module) -> tuple[nn.Module, Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """The unwrapped model, the CLIP image embeddings of the first ``task.eval_samples`` rows of the
+        evaluation split (the same rows on every evaluation) and their first captions' text encodings, on the
+        model's device."""
+        inner = self.unwrap(model)
+        device = next(inner.parameters()).device
         cache = self.embeddings(self.cfg.data.eval_split)
-        return cache, torch.arange(min(self.cfg.task.eval_samples, len(cache)))
+        rows = torch.arange(min(self.opts.eval_samples, len(cache)))
+        return inner, cache.image_embeds[rows].to(device), self.encode_text(cache.tokens[rows, 0].to(device))
+
+    def sample(self, model: nn.Module, condition: Tensor, text: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        """Evaluation samples of the prior or decoder ``model`` (unwrapped) for a condition and caption encodings:
+        ``task.sample_steps`` DPM-Solver++ steps, ``task.guidance_scale``, seed 0."""
+        _, enc, pad = text
+        with self.evaluation_mode(model):
+            return model.sample(
+                condition, enc, pad, guidance_scale=self.opts.guidance_scale,
+                num_inference_steps=self.opts.sample_steps, generator=torch.Generator().manual_seed(0),
+            )  # fmt: skip
 
 
 class PriorTask(_ClipConditioned):
     """The diffusion prior on cached (caption, CLIP image embedding) pairs; no image is decoded."""
 
+    Options = PriorOptions
+
     def build_model(self) -> nn.Module:
         model = super().build_model()
-        self.check_clip_shapes(model)
         if model.config.text_context < self.clip.cfg.text.context_length:
             raise ValueError(
                 f"the prior reads {model.config.text_context} text tokens but the CLIP's context is "
@@ -112,7 +147,7 @@ class PriorTask(_ClipConditioned):
             )
         return model
 
-    def train_batches(self, start_batch: int) -> Iterator[dict[str, Any]]:
+    def train_batches(self, model: nn.Module, start_batch: int) -> Iterator[dict[str, Any]]:
         """Epochs of a seeded permutation of the cached rows, this rank's share; captions drawn per batch."""
         cache = self.embeddings(self.cfg.data.train_split)
         rank, world = self.rank_world()
@@ -139,9 +174,7 @@ class PriorTask(_ClipConditioned):
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         cache = self.embeddings(self.cfg.data.train_split)
         image = cache.image_embeds[batch["rows"].cpu()].to(batch["tokens"].device)
-        text, enc, pad = self.encode_text(batch["tokens"])
-        loss, logs = model(image, text, enc, pad)
-        return loss, {"loss": loss.detach(), **logs}
+        return _wrapper_loss(model, image, *self.encode_text(batch["tokens"]))
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, *, step: int = 0) -> tuple[dict[str, float], SkipStats]:
@@ -149,26 +182,14 @@ class PriorTask(_ClipConditioned):
         the true ones: cosine to its own image, to another sample's image (shuffled baseline) and to its text."""
         if not self.cfg.data.eval_split:
             return {}, SkipStats()
-        inner = self.acc.unwrap_model(model) if self.acc is not None else model
-        cache, rows = self.eval_rows()
-        device = next(inner.parameters()).device
-        text, enc, pad = self.encode_text(cache.tokens[rows, 0].to(device))
-        was_training = inner.training
-        inner.eval()
-        sampled = inner.sample(
-            text, enc, pad, guidance_scale=self.cfg.task.guidance_scale,
-            num_inference_steps=self.cfg.task.sample_steps, generator=torch.Generator().manual_seed(0),
-        )  # fmt: skip
-        inner.train(was_training)
-        true = cache.image_embeds[rows].to(device)
-        cos = (sampled * true).sum(-1)
-        shuffled = (sampled * true.roll(1, dims=0)).sum(-1)
+        inner, true, text = self.eval_rows(model)
+        sampled = self.sample(inner, text[0], text)
         # retrieval: is the sample closer to its own image than to every other evaluation image?
-        top1 = (sampled @ true.T).argmax(dim=1) == torch.arange(len(rows), device=device)
+        top1 = (sampled @ true.T).argmax(dim=1) == torch.arange(len(true), device=true.device)
         return {
-            "cos_image": cos.mean().item(),
-            "cos_image_shuffled": shuffled.mean().item(),
-            "cos_text": (sampled * text).sum(-1).mean().item(),
+            "cos_image": (sampled * true).sum(-1).mean().item(),
+            "cos_image_shuffled": (sampled * true.roll(1, dims=0)).sum(-1).mean().item(),
+            "cos_text": (sampled * text[0]).sum(-1).mean().item(),
             "retrieval_top1": top1.float().mean().item(),
         }, SkipStats()
 
@@ -176,30 +197,20 @@ class PriorTask(_ClipConditioned):
 class DecoderTask(_ClipConditioned):
     """The decoder on (image, CLIP image embedding, caption) triples; the embedding comes from the cache."""
 
+    Options = DecoderOptions
+
     def build_model(self) -> nn.Module:
         model = super().build_model()
-        self.check_clip_shapes(model)
-        if model.config.image_size != self.cfg.data.image_size:
-            raise ValueError(
-                f"data.image_size={self.cfg.data.image_size} but the decoder makes {model.config.image_size} px "
-                f"images: set data.image_size={model.config.image_size}"
-            )
+        _check_image_size(model, self.cfg.data.image_size, "decoder")
         return model
 
-    def train_batches(self, start_batch: int) -> Iterator[dict[str, Any]]:
-        from multimodal.tokenizers import ClipTokenizer
-
-        d = self.cfg.data
-        random_captions = d.caption_sampling == "random" and self.card.captions_key is not None
-        decoder = SampleDecoder(
-            image_size=d.image_size, image_key=self.card.image_key, text_key=self.card.text_key,
-            seed=self.cfg.run.seed, captions_key=self.card.captions_key if random_captions else None, **UNIT_RANGE,
-        )  # fmt: skip
-        tokenizer = ClipTokenizer(context_length=self.clip.cfg.text.context_length)
+    def train_batches(self, model: nn.Module, start_batch: int) -> Iterator[dict[str, Any]]:
+        tokenizer = get_tokenizer(self.clip)
+        source, _ = self.source(self.card, self.cfg.data.train_split)
         return self.train_loader(
-            {"urls": self.card.shard_urls(d.train_split)},
-            decode=decoder,
-            collate=partial(_collate_tokens, tokenizer=tokenizer),
+            source,
+            decode=self.decoder(self.card, train=True, text=True, normalise=UNIT_RANGE),
+            collate=partial(collate_captions, tokenizer=tokenizer),
             start_batch=start_batch,
         )
 
@@ -208,8 +219,7 @@ class DecoderTask(_ClipConditioned):
         images = batch["image"]
         embeds = cache.image_embeds[cache.rows(batch["key"])].to(images.device)
         _, enc, pad = self.encode_text(batch["tokens"])
-        loss, logs = model(images, embeds, enc, pad)
-        return loss, {"loss": loss.detach(), **logs}
+        return _wrapper_loss(model, images, embeds, enc, pad)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, *, step: int = 0) -> tuple[dict[str, float], SkipStats]:
@@ -218,108 +228,72 @@ class DecoderTask(_ClipConditioned):
         the embedding it was decoded from, against another sample's (shuffled baseline)."""
         if not self.cfg.data.eval_split:
             return {}, SkipStats()
-        inner = self.acc.unwrap_model(model) if self.acc is not None else model
-        cache, rows = self.eval_rows()
-        device = next(inner.parameters()).device
-        target = cache.image_embeds[rows].to(device)
-        _, enc, pad = self.encode_text(cache.tokens[rows, 0].to(device))
-        was_training = inner.training
-        inner.eval()
-        images = inner.sample(
-            target, enc, pad, guidance_scale=self.cfg.task.guidance_scale,
-            num_inference_steps=self.cfg.task.sample_steps, generator=torch.Generator().manual_seed(0),
-        )  # fmt: skip
-        inner.train(was_training)
-        got = self.clip_image_embeds(images)
-        if self.acc is None or self.acc.is_main_process:
-            out = self.cfg.run_dir / "samples" / f"step-{step:08d}.png"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            save_image(images[:64] * 0.5 + 0.5, out, nrow=8)
+        inner, target, text = self.eval_rows(model)
+        images = self.sample(inner, target, text)
+        got = clip_image_embeddings(self.clip, images, mean=self.clip_data["mean"], std=self.clip_data["std"])
+        self.save_samples(images[:64], step, nrow=8)
         return {
             "clip_cos": (got * target).sum(-1).mean().item(),
             "clip_cos_shuffled": (got * target.roll(1, dims=0)).sum(-1).mean().item(),
         }, SkipStats()
 
-    def clip_image_embeds(self, images: Tensor) -> Tensor:
-        """CLIP image embeddings (B, E) of images in [-1, 1], preprocessed as the CLIP run was."""
-        from multimodal.checkpoint import read_run_config
-        from multimodal.pipelines.unclip import clip_image_embeddings
-
-        if self._clip_data is None:  # the CLIP run's preprocessing, read once
-            self._clip_data = read_run_config(self.cfg.task.clip).get("data", {})
-        return clip_image_embeddings(self.clip, images, mean=self._clip_data["mean"], std=self._clip_data["std"])
-
 
 class UpsamplerTask(Task):
     """The upsampler on the card's images alone: the low-resolution inputs are made from them."""
 
-    def __init__(self, cfg: TrainConfig, acc=None) -> None:
-        super().__init__(cfg, acc)
-        self.card = self.load_card()
-
-    def prepare_data(self) -> None:
-        ensure_dataset(self.card, progress=True)
+    Options = UpsamplerOptions
 
     def build_model(self) -> nn.Module:
         model = super().build_model()
-        if model.config.image_size != self.cfg.data.image_size:
-            raise ValueError(
-                f"data.image_size={self.cfg.data.image_size} but the upsampler makes {model.config.image_size} px "
-                f"images: set data.image_size={model.config.image_size}"
-            )
+        _check_image_size(model, self.cfg.data.image_size, "upsampler")
         return model
 
-    def _decoder(self) -> SampleDecoder:
-        return SampleDecoder(
-            image_size=self.cfg.data.image_size, image_key=self.card.image_key, seed=self.cfg.run.seed, **UNIT_RANGE
-        )
-
-    def _source(self, split: str) -> dict[str, Any]:
-        if self.card.format == "folder":
-            from multimodal.data import folder_samples
-
-            return {"items": folder_samples(self.card.folder(split))}
-        return {"urls": self.card.shard_urls(split)}
-
-    def train_batches(self, start_batch: int) -> Iterator[dict[str, Any]]:
-        return self.train_loader(
-            self._source(self.cfg.data.train_split), decode=self._decoder(), collate=collate, start_batch=start_batch
-        )
+    def train_batches(self, model: nn.Module, start_batch: int) -> Iterator[dict[str, Any]]:
+        source, _ = self.source(self.card, self.cfg.data.train_split)
+        decode = self.decoder(self.card, train=True, normalise=UNIT_RANGE)
+        return self.train_loader(source, decode=decode, collate=collate, start_batch=start_batch)
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        loss, logs = model(batch["image"])
-        return loss, {"loss": loss.detach(), **logs}
+        return _wrapper_loss(model, batch["image"])
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, *, step: int = 0) -> tuple[dict[str, float], SkipStats]:
         """Upsample downsampled evaluation images; PSNR against the originals, beside bicubic interpolation's."""
-        if not self.cfg.data.eval_split:
+        split = self.cfg.data.eval_split
+        if not split:
             return {}, SkipStats()
-        from multimodal.data import SampleStream
-
-        inner = self.acc.unwrap_model(model) if self.acc is not None else model
+        source, _ = self.source(self.card, split)
         stream = SampleStream(
-            **self._source(self.cfg.data.eval_split), decode=self._decoder(), collate=collate,
-            batch_size=self.cfg.task.eval_samples, infinite=False, shuffle_buffer=0,
+            **source, decode=self.decoder(self.card, train=False, normalise=UNIT_RANGE), collate=collate,
+            batch_size=self.opts.eval_samples, infinite=False, shuffle_buffer=0,
         )  # fmt: skip
         batch = next((b for b in stream if b["size"]), None)
         if batch is None:
-            raise ValueError(f"no decodable image in the '{self.cfg.data.eval_split}' split to evaluate on")
-        device = next(inner.parameters()).device
-        high = batch["image"].to(device)
+            raise ValueError(f"no decodable image in the '{split}' split to evaluate on")
+        inner = self.unwrap(model)
+        high = batch["image"].to(next(inner.parameters()).device)
         low = F.avg_pool2d(high, inner.config.scale)
-        was_training = inner.training
-        inner.eval()
-        up = inner.sample(low, num_inference_steps=self.cfg.task.sample_steps,
-                          generator=torch.Generator().manual_seed(0))  # fmt: skip
-        inner.train(was_training)
+        with self.evaluation_mode(inner):
+            up = inner.sample(
+                low, num_inference_steps=self.opts.sample_steps, generator=torch.Generator().manual_seed(0)
+            )
         bicubic = F.interpolate(low, size=high.shape[-2:], mode="bicubic", align_corners=False).clamp(-1, 1)
-        if self.acc is None or self.acc.is_main_process:
-            out = self.cfg.run_dir / "samples" / f"step-{step:08d}.png"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            grid = torch.cat([bicubic[:16], up[:16], high[:16]])
-            save_image(grid * 0.5 + 0.5, out, nrow=16)
+        self.save_samples(torch.cat([bicubic[:16], up[:16], high[:16]]), step, nrow=16)
         return {"psnr": _psnr(up, high), "psnr_bicubic": _psnr(bicubic, high)}, SkipStats()
+
+
+def _wrapper_loss(model: nn.Module, *inputs: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """A diffusion wrapper's forward is its training loss (so DDP sees the forward): the loss and its logs."""
+    loss, logs = model(*inputs)
+    return loss, {"loss": loss.detach(), **logs}
+
+
+def _check_image_size(model: nn.Module, image_size: int, what: str) -> None:
+    if model.config.image_size != image_size:
+        raise ValueError(
+            f"data.image_size={image_size} but the {what} makes {model.config.image_size} px images: "
+            f"set data.image_size={model.config.image_size}"
+        )
 
 
 def _psnr(x: Tensor, y: Tensor) -> float:

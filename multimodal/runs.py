@@ -1,4 +1,6 @@
-"""Load a trained model from a run directory (or one of its checkpoints): weights from safetensors only."""
+"""Open run directories (or their checkpoints): trained models with weights from safetensors only, the unCLIP
+pipeline of a stack of runs, and the CLIP embeddings a CLIP run caches. The one module of the library that reads a
+run's folder; what is below it (models, data, pipelines) takes models."""
 
 from __future__ import annotations
 
@@ -11,16 +13,23 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .config import ConfigError, load_yaml
+from .data.cards import DatasetCard
+from .data.embeddings import ClipEmbeddings, compute_clip_embeddings, load_cache, save_cache, weights_fingerprint
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
 from .models.clip import CLIP
 from .models.registry import create_model
+from .pipelines.unclip import ClipEncoder, UnclipPipeline
 from .tokenizers import ClipTokenizer
+from .tokenizers.gato import TOKENIZER_FILE, GatoTokenizer
 
 __all__ = [
+    "cached_clip_embeddings",
     "describe_run",
     "get_tokenizer",
     "load_checkpoint",
+    "load_gato_tokenizer",
     "load_model_and_transforms",
+    "load_unclip_pipeline",
     "read_run_config",
     "run_dir",
     "run_transform",
@@ -159,3 +168,81 @@ def get_tokenizer(model: nn.Module) -> ClipTokenizer:
             f"get_tokenizer takes a CLIP model (multimodal.load_checkpoint of a CLIP run), got {type(model).__name__}"
         )
     return ClipTokenizer(context_length=model.cfg.text.context_length)
+
+
+def load_gato_tokenizer(path: str | Path, model: nn.Module) -> GatoTokenizer:
+    """The tokenizer a GATO run trained with (its ``gato_tokenizer.json``; open_clip's whole BPE for a run that saved
+    none), checked against the model's vocabulary layout."""
+    tokenizer_file = run_dir(Path(path)) / TOKENIZER_FILE
+    tokenizer = GatoTokenizer.load(tokenizer_file) if tokenizer_file.is_file() else GatoTokenizer()
+    tokenizer.check_model(model.cfg)
+    return tokenizer
+
+
+def load_unclip_pipeline(
+    root: str | Path | None = None,
+    *,
+    prior: str | Path | None = None,
+    decoder: str | Path | None = None,
+    upsampler: str | Path | None = None,
+    clip: str | Path | None = None,
+    sampler: str = "dpmsolver++",
+) -> UnclipPipeline:
+    """An :class:`UnclipPipeline` assembled from training runs: ``root`` holding ``prior/``, ``decoder/`` and
+    (optionally) ``upsampler/`` run directories, or each given on its own; the CLIP is the prior's ``task.clip``
+    unless ``clip`` names a CLIP run. EMA weights are used where a run kept them; ``sampler`` as in
+    :meth:`UnclipPipeline.from_components`."""
+    root = Path(root) if root is not None else None
+    paths = {"prior": prior, "decoder": decoder, "upsampler": upsampler}
+    for name in paths:
+        if paths[name] is None and root is not None and (root / name / "config.yaml").is_file():
+            paths[name] = root / name
+    for name in ("prior", "decoder"):
+        if paths[name] is None:
+            where = f"{root}/{name}" if root is not None else f"{name}="
+            raise ValueError(f"no {name} run: train configs/unclip/*-{name}.yaml first (looked for {where})")
+    configs = {k: read_run_config(p, task=f"unclip_{k}") for k, p in paths.items() if p is not None}
+    clip = clip or configs["prior"].get("task", {}).get("clip")
+    if clip is None:
+        raise ValueError(f"the prior run {paths['prior']} names no CLIP run (task.clip); pass clip=")
+    clip_cfg = read_run_config(clip, task="clip")
+    encoder = ClipEncoder(
+        model=clip_cfg["model"]["name"],
+        model_args=clip_cfg["model"].get("args") or {},
+        mean=tuple(clip_cfg["data"]["mean"]),
+        std=tuple(clip_cfg["data"]["std"]),
+    )
+    encoder.clip.load_state_dict(load_checkpoint(clip).state_dict())
+    encoder.eval()  # as load_checkpoint leaves the stages, and as from_pretrained leaves every component
+    models = {k: load_checkpoint(p) if p is not None else None for k, p in paths.items()}
+    return UnclipPipeline.from_components(
+        encoder, models["prior"], models["decoder"], models["upsampler"], sampler=sampler
+    )
+
+
+def cached_clip_embeddings(
+    clip_run: str | Path, card: DatasetCard, split: str, *, progress: bool = False
+) -> ClipEmbeddings:
+    """The embeddings of ``split`` by the CLIP of run ``clip_run`` (EMA weights when the run kept them, as
+    :func:`load_checkpoint` picks), computed on first use and cached in the run at
+    ``<clip_run>/embeddings/<dataset>-<split>.safetensors``; weights that changed since invalidate the cache."""
+    clip_run = Path(clip_run)
+    fingerprint = weights_fingerprint(run_weights(clip_run))
+    path = clip_run / "embeddings" / f"{card.name}-{split}.safetensors"
+    cached = load_cache(path, fingerprint)
+    if cached is not None:
+        return cached
+    clip = load_checkpoint(clip_run)
+    data = read_run_config(clip_run).get("data", {})
+    result = compute_clip_embeddings(
+        clip,
+        card,
+        split,
+        image_size=int(data.get("image_size", clip.cfg.vision.img_size)),
+        mean=tuple(data["mean"]),
+        std=tuple(data["std"]),
+        tokenizer=ClipTokenizer(context_length=clip.cfg.text.context_length),
+        progress=progress,
+    )
+    save_cache(result, path, fingerprint=fingerprint, dataset=card.name, split=split)
+    return result
