@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from multimodal.config import Config, ConfigError, apply_overrides, load_yaml
+from multimodal.data.stream import STOP_SIGNALS
 from multimodal.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from multimodal.models import create_model
 from multimodal.models.registry import check_model_name
@@ -135,6 +136,7 @@ class TrainLoopConfig(Config):
     record_keys: bool = False  # write each rank's training sample keys to keys/rank-N.txt (data audits)
     max_bad_steps: int = 5  # a step with a non-finite loss or gradient is skipped; this many in a row stop the run
     threads: int = 0  # CPU threads per process; 0 (auto): OMP_NUM_THREADS if set, else the cores other jobs leave idle
+    stop_signals: tuple[str, ...] = ("SIGTERM",)  # stop at the next step with a checkpoint (add SIGUSR1 for SLURM)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +160,10 @@ class TrainConfig(Config):
             (self.train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
             (self.train.max_bad_steps >= 1, "train.max_bad_steps must be >= 1"),
             (self.train.threads >= 0, "train.threads must be >= 1, or 0 for auto"),
+            (
+                set(self.train.stop_signals) <= set(STOP_SIGNALS),
+                f"train.stop_signals may name {', '.join(STOP_SIGNALS)}; got {list(self.train.stop_signals)}",
+            ),
         ]
         for ok, message in checks:
             if not ok:

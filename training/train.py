@@ -20,6 +20,7 @@ from multimodal.cli import USER_ERRORS, HelpFormatter, one_line, one_line_warnin
 from .checkpoint import CheckpointError
 from .config import TaskConfig, TrainConfig
 from .guard import PeerLostError, TrainingError
+from .preemption import PREEMPTED_EXIT
 from .trainer import Trainer, train
 
 __all__ = ["PeerLostError", "TrainingError", "load_config", "main", "train"]
@@ -69,11 +70,11 @@ def main(argv: list[str] | None = None) -> int:
             _print_error(e)
             return 2
         try:
-            trainer.fit()
+            results = trainer.fit()
         except (CheckpointError, TrainingError) as e:
             _print_error(e, every_rank=isinstance(e, PeerLostError))
             return 1
-    return 0
+    return PREEMPTED_EXIT if results.get("preempted") else 0
 
 
 if __name__ == "__main__":

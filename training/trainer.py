@@ -27,6 +27,7 @@ from .guard import PeerLostError, StepGuard, TrainingError
 from .launch import make_accelerator, warn_ignored_num_processes
 from .metrics import MetricsLog, RunningMeans, format_eval
 from .optim import build_optimizer, build_scheduler
+from .preemption import Preemption
 from .resume import TrainState, clear_run, match_world_size, restore_checkpoint, resume_checkpoint
 from .tasks import build_task
 
@@ -48,6 +49,7 @@ class Trainer:
         self.started, self.seconds_before = time.perf_counter(), 0.0  # seconds_before: of earlier invocations
         self.acc = self.task = self.model = None
         self.state: TrainState | None = None
+        self.preemption = Preemption(cfg.train.stop_signals)
 
     # --- setup -------------------------------------------------------------------------------------------------
 
@@ -135,16 +137,18 @@ class Trainer:
     # --- the loop ------------------------------------------------------------------------------------------------
 
     def fit(self) -> dict[str, Any]:
-        """Train to ``train.steps`` (or ``train.stop_at``); returns the final results, also in ``results.json``."""
-        if self.state is None:
-            self.setup()
+        """Train to ``train.steps`` (or ``train.stop_at``, or a stop signal); returns the results, also in
+        ``results.json`` unless a stop signal ended the run early."""
+        self.preemption.install()  # a stop signal from here on ends the run with a checkpoint
         try:
+            if self.state is None:
+                self.setup()
             self.model.train()
-            while self.state.step < self.stop:
+            while self.state.step < self.stop and not self.preemption.agreed(self.acc):
                 self.train_step()
                 self.on_step_end()
             self.bar.close()
-            if self.last_eval_step != self.state.step:
+            if self.last_eval_step != self.state.step and not self.preemption.stopping:
                 self.evaluate()
             latest = find_latest(self.run_dir)
             if latest is None or latest.name != f"step-{self.state.step:08d}":
@@ -154,7 +158,11 @@ class Trainer:
         except RuntimeError as e:
             if not PeerLostError.caused(e):
                 raise
-            raise PeerLostError.from_error(e, self.acc, step=self.state.step, run_dir=self.run_dir) from None
+            raise PeerLostError.from_error(
+                e, self.acc, step=self.state.step if self.state else 0, run_dir=self.run_dir
+            ) from None
+        finally:
+            self.preemption.uninstall()
         return self.finish()
 
     def train_step(self) -> None:
@@ -215,6 +223,8 @@ class Trainer:
         step, train = self.state.step, self.cfg.train
         if step % train.log_every == 0 or step == self.stop:
             self.log()
+        if self.preemption.agreed(self.acc):
+            return  # no evaluation: fit checkpoints and stops
         if train.eval_every and step % train.eval_every == 0 and step < self.stop:
             self.evaluate()
         # Amid non-finite steps no checkpoint is written: the last one stays the last good one.
@@ -262,7 +272,8 @@ class Trainer:
         )  # fmt: skip
 
     def finish(self) -> dict[str, Any]:
-        """Write ``results.json`` and print the summary (main process); end the trackers."""
+        """Write ``results.json`` and print the summary (main process); end the trackers. A run a stop signal
+        ended early says where it stopped and writes no results."""
         if self.keys_file is not None:
             self.keys_file.close()
         state = self.state
@@ -276,7 +287,14 @@ class Trainer:
             **self.eval_results,
             "data": self.carried.to_json(),
         }
-        if self.acc.is_main_process:
+        if self.preemption.stopping:
+            results["preempted"] = True
+            self.acc.print(
+                f"stopped by {self.preemption.received or 'a stop signal to another process'} at step {state.step} "
+                f"of {self.cfg.train.steps}: checkpoint {self.run_dir / 'checkpoints' / f'step-{state.step:08d}'}; "
+                "continue with resume=latest"
+            )
+        elif self.acc.is_main_process:
             atomic_write_json(self.run_dir / "results.json", results, fsync=True)
             print(f"run {self.run_dir}: {state.step} steps, {state.samples} samples, {results['wall_seconds']:.0f} s")
             if self.eval_results:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-__all__ = ["DecodeError", "SampleStream", "SkipStats", "expected_count", "folder_samples", "make_loader"]
+__all__ = ["STOP_SIGNALS", "DecodeError", "SampleStream", "SkipStats", "expected_count", "folder_samples", "make_loader"]
 
 
 class DecodeError(ValueError):
@@ -292,6 +293,9 @@ class SampleStream(IterableDataset):
             yield batch
 
 
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")  # what a scheduler sends to stop a job; the trainer handles them
+
+
 def make_loader(stream: SampleStream, *, num_workers: int, seed: int = 0) -> DataLoader:
     """A DataLoader yielding the stream's batches as they are; its own generator leaves the global RNG alone."""
     return DataLoader(
@@ -303,4 +307,12 @@ def make_loader(stream: SampleStream, *, num_workers: int, seed: int = 0) -> Dat
         prefetch_factor=4 if num_workers > 0 else None,
         pin_memory=torch.cuda.is_available(),
         multiprocessing_context="fork" if num_workers > 0 and os.name == "posix" else None,
+        worker_init_fn=_leave_stop_signals_to_the_trainer,
     )
+
+
+def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    """A scheduler's stop signal (SIGTERM, SIGUSR1/2) sent to the whole process group reaches the workers too; the
+    trainer stops with a checkpoint and shuts its workers down itself, so they ignore it."""
+    for name in STOP_SIGNALS:
+        signal.signal(getattr(signal, name), signal.SIG_IGN)

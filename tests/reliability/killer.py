@@ -1,7 +1,8 @@
 """Run ``training.train``, SIGKILLed at a chosen point: ``python tests/reliability/killer.py POINT:N RECIPE [k=v]``.
 
 The N-th time the run reaches POINT it kills itself with SIGKILL, as the kernel or a scheduler would, leaving
-behind whatever that point leaves half done. POINT is one of:
+behind whatever that point leaves half done. ``POINT:N:TERM`` sends SIGTERM instead (a scheduler's request to
+stop; the run goes on to a checkpoint), ``POINT:N:TERM2`` sends it twice in a row. POINT is one of:
 
     step        the start of an optimizer step's check, gradients computed, nothing applied yet
     save_state  a checkpoint's Accelerate state written, its weights and state.json not yet
@@ -10,6 +11,8 @@ behind whatever that point leaves half done. POINT is one of:
     remove      an old checkpoint renamed for deletion and half deleted
     copy        the run's top-level model.safetensors half copied from the new checkpoint
     metrics     half a line appended to metrics.jsonl
+    eval        the start of an evaluation (TERM only)
+    data        the start of data preparation, before the first step (TERM only)
 
 ``none:0`` runs without a kill (the reference run goes through the same entry point).
 """
@@ -28,12 +31,17 @@ import training.checkpoint as checkpoint
 import training.metrics as metrics
 import training.train as trainer
 from training.guard import StepGuard
+from training.tasks.base import Task
+from training.trainer import Trainer
+
+SIGNALS = [signal.SIGKILL]  # what _die sends; set from the command line
 
 
 def _die() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
+    for sig in SIGNALS:
+        os.kill(os.getpid(), sig)
 
 
 def _truncate(path: Path) -> None:
@@ -121,11 +129,30 @@ def arm(point: str, n: int) -> None:
             return log(self, step, values)
 
         metrics.MetricsLog.log = torn_log
+    elif point == "eval":
+        evaluate = Trainer.evaluate
+
+        def signalled_evaluate(self):
+            if reached():
+                _die()
+            return evaluate(self)
+
+        Trainer.evaluate = signalled_evaluate
+    elif point == "data":
+        prepare_data = Task.prepare_data
+
+        def signalled_prepare_data(self):
+            if reached():
+                _die()
+            return prepare_data(self)
+
+        Task.prepare_data = signalled_prepare_data
     elif point != "none":
         raise SystemExit(f"unknown kill point {point!r}")
 
 
 if __name__ == "__main__":
-    point, _, n = sys.argv[1].partition(":")
+    point, n, how = sys.argv[1].split(":") + ["1", "KILL"][len(sys.argv[1].split(":")) - 1 :]
+    SIGNALS[:] = {"KILL": [signal.SIGKILL], "TERM": [signal.SIGTERM], "TERM2": [signal.SIGTERM] * 2}[how]
     arm(point, int(n or 1))
     sys.exit(trainer.main(sys.argv[2:]))

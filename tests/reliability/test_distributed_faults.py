@@ -47,7 +47,7 @@ def _wait_for_steps(run: Path, procs: list[subprocess.Popen], steps: int, timeou
     raise AssertionError("training did not start in time")
 
 
-def _start_pair(recipe: Path, tmp_path: Path) -> list[subprocess.Popen]:
+def _start_pair(recipe: Path, tmp_path: Path, *overrides: str) -> list[subprocess.Popen]:
     port = str(_free_port())
     procs = []
     for rank in range(2):
@@ -55,7 +55,7 @@ def _start_pair(recipe: Path, tmp_path: Path) -> list[subprocess.Popen]:
             **os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
             "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2",
         }  # fmt: skip
-        command = [sys.executable, "-m", "training.train", str(recipe)]
+        command = [sys.executable, "-m", "training.train", str(recipe), *overrides]
         procs.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=PIPE, stderr=PIPE, text=True))
     return procs
 
