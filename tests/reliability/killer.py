@@ -129,24 +129,16 @@ def arm(point: str, n: int) -> None:
             return log(self, step, values)
 
         metrics.MetricsLog.log = torn_log
-    elif point == "eval":
-        evaluate = Trainer.evaluate
+    elif point in ("eval", "data"):
+        owner, name = (Trainer, "evaluate") if point == "eval" else (Task, "prepare_data")
+        original = getattr(owner, name)
 
-        def signalled_evaluate(self):
+        def signalled(self):
             if reached():
                 _die()
-            return evaluate(self)
+            return original(self)
 
-        Trainer.evaluate = signalled_evaluate
-    elif point == "data":
-        prepare_data = Task.prepare_data
-
-        def signalled_prepare_data(self):
-            if reached():
-                _die()
-            return prepare_data(self)
-
-        Task.prepare_data = signalled_prepare_data
+        setattr(owner, name, signalled)
     elif point != "none":
         raise SystemExit(f"unknown kill point {point!r}")
 
