@@ -163,6 +163,7 @@ class Trainer:
             ) from None
         finally:
             self.preemption.uninstall()
+            self.batches = iter(())  # the loader's workers end now, not when the interpreter exits
         return self.finish()
 
     def train_step(self) -> None:

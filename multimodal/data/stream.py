@@ -13,11 +13,14 @@ was skipped, and why, travels with each batch under ``"skipped"`` and is tallied
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import json
+import multiprocessing.util  # noqa: F401 - registers its exit hook, which must come before ours
 import os
-import signal
 import random
+import signal
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,7 +31,15 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-__all__ = ["STOP_SIGNALS", "DecodeError", "SampleStream", "SkipStats", "expected_count", "folder_samples", "make_loader"]
+__all__ = [
+    "STOP_SIGNALS",
+    "DecodeError",
+    "SampleStream",
+    "SkipStats",
+    "expected_count",
+    "folder_samples",
+    "make_loader",
+]
 
 
 class DecodeError(ValueError):
@@ -298,7 +309,7 @@ STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")  # what a scheduler sends to st
 
 def make_loader(stream: SampleStream, *, num_workers: int, seed: int = 0) -> DataLoader:
     """A DataLoader yielding the stream's batches as they are; its own generator leaves the global RNG alone."""
-    return DataLoader(
+    return _Loader(
         stream,
         batch_size=None,
         num_workers=num_workers,
@@ -316,3 +327,33 @@ def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
     trainer stops with a checkpoint and shuts its workers down itself, so they ignore it."""
     for name in STOP_SIGNALS:
         signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
+class _Loader(DataLoader):
+    """A DataLoader whose worker processes end with the interpreter.
+
+    At exit, ``multiprocessing`` ends daemonic children with SIGTERM and then waits for them; these workers ignore
+    SIGTERM, so an iterator still alive then (held by a traceback or a reference cycle) would hang the exit forever.
+    An exit hook that runs first kills the workers of every live iterator instead."""
+
+    def _get_iterator(self):
+        iterator = super()._get_iterator()
+        if self.num_workers > 0:
+            _LIVE_ITERATORS.add(iterator)
+        return iterator
+
+
+_LIVE_ITERATORS: weakref.WeakSet = weakref.WeakSet()
+
+
+def _kill_live_workers() -> None:
+    for iterator in list(_LIVE_ITERATORS):
+        for worker in getattr(iterator, "_workers", []):
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
+
+
+# atexit runs hooks last-registered first: this one is registered after multiprocessing's (imported above), so it runs
+# before multiprocessing waits for its children.
+atexit.register(_kill_live_workers)

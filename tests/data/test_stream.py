@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -148,3 +150,26 @@ def test_folder_stream_labels_follow_sorted_class_folders(tmp_path):
     reds = [float(b["image"][i, 0].mean()) for b in batches for i in range(b["size"])]
     assert sorted(labels) == [0] * 5 + [1] * 5
     assert all((r > 0.9) == (lab == 0) for r, lab in zip(reds, labels, strict=True))
+
+
+HOLD_WORKERS_AT_EXIT = """
+import sys
+from multimodal.data import SampleDecoder, SampleStream, collate, load_card, make_loader
+urls = load_card(sys.argv[1]).shard_urls("train")
+decoder = SampleDecoder(image_size=16, label_key="color_shape", text_key="txt")
+stream = SampleStream(urls=urls, decode=decoder, collate=collate, batch_size=4, seed=0, resampled=True)
+iterator = iter(make_loader(stream, num_workers=2))
+next(iterator)
+cycle = {"iterator": iterator}
+cycle["self"] = cycle  # only the garbage collector could free it, and it does not run before the exit hooks
+print("exiting", flush=True)
+"""
+
+
+def test_an_iterator_alive_at_exit_does_not_hang_the_interpreter(tiny_shapes):
+    # Workers ignore SIGTERM (the trainer handles stop signals); multiprocessing's exit would SIGTERM them and wait.
+    done = subprocess.run(
+        [sys.executable, "-c", HOLD_WORKERS_AT_EXIT, str(tiny_shapes)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == "exiting\n"
