@@ -59,18 +59,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result = {"checkpoint": str(args.checkpoint), "dataset": card.name, "split": args.split, "label": label}
     result.update(metrics)
     result["skipped_samples"] = skips.total
-    if acc.is_main_process:
-        table = format_table({k: v for k, v in result.items() if k not in ("checkpoint",)})
-        write_result(args, f"classify_{card.name}_{args.split}.json", result, table=table)
-        if skips.total:
-            print(skips.summary())
+    table = format_table({k: v for k, v in result.items() if k not in ("checkpoint",)})
+    write_result(args, f"classify_{card.name}_{args.split}.json", result, table=table, acc=acc)
+    if skips.total and acc.is_main_process:
+        print(skips.summary())
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = base_parser("python -m eval.classify", __doc__)
-    parser.add_argument("--split", default="test", help="split to evaluate")
-    parser.add_argument("--label", help="label key of the card (default: the one trained on)")
+    parser = base_parser(
+        "python -m eval.classify",
+        __doc__,
+        split="split to evaluate",
+        label="label key of the card (default: the one trained on)",
+    )
     add_common_options(parser, no_ema=True, out="RUN/eval/classify_<dataset>_<split>.json")
     return run_cli(run, parser, argv)
 

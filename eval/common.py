@@ -67,11 +67,20 @@ def add_common_options(
     add_threads_argument(parser)
 
 
-def base_parser(prog: str, doc: str) -> argparse.ArgumentParser:
-    """:func:`cli_parser` with --dataset, --batch-size and --workers, common to the CLIs that evaluate a run on a
-    dataset (they end with :func:`add_common_options`)."""
+def base_parser(
+    prog: str, doc: str, *, split: str, label: str | None = None, every_split: bool = False
+) -> argparse.ArgumentParser:
+    """:func:`cli_parser` with the options of the CLIs that evaluate a run on a dataset: --dataset, --split
+    (``split``: its help; repeatable with ``every_split``, else one, "test" by default), --label (with ``label``:
+    its help), --batch-size and --workers (they end with :func:`add_common_options`)."""
     parser = cli_parser(prog, doc)
     parser.add_argument("--dataset", help="card name, card path or image folder (default: the training dataset)")
+    if every_split:
+        parser.add_argument("--split", action="append", help=split)
+    else:
+        parser.add_argument("--split", default="test", help=split)
+    if label is not None:
+        parser.add_argument("--label", help=label)
     parser.add_argument("--batch-size", type=int, default=256, help="images per batch and process")
     parser.add_argument("--workers", type=int, default=2, help="data-loader worker processes")
     return parser
@@ -120,9 +129,18 @@ def result_path(args: argparse.Namespace, name: str) -> Path:
     return Path(args.out) if getattr(args, "out", None) else Path(args.checkpoint) / "eval" / name
 
 
-def write_result(args: argparse.Namespace, name: str, result: dict[str, Any], *, table: str | None = None) -> None:
+def write_result(
+    args: argparse.Namespace,
+    name: str,
+    result: dict[str, Any],
+    *,
+    table: str | None = None,
+    acc: Accelerator | None = None,
+) -> None:
     """Print ``table`` (when given), write ``result`` as JSON to :func:`result_path` through a temporary file and a
-    rename, then say where."""
+    rename, then say where; only the main process of ``acc`` does."""
+    if acc is not None and not acc.is_main_process:
+        return
     if table is not None:
         print(table)
     path = result_path(args, name)

@@ -35,15 +35,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model, tokenizer, make_loader(stream, num_workers=args.workers), acc=acc, progress=acc.is_main_process
     )
     out = {"checkpoint": str(args.checkpoint), "dataset": card.name, "split": args.split, **metrics}
-    if acc.is_main_process:
-        table = "\n".join(f"{k:<22} {v:.4f}" if isinstance(v, float) else f"{k:<22} {v}" for k, v in out.items())
-        write_result(args, f"retrieval_{card.name}_{args.split}.json", out, table=table)
+    table = "\n".join(f"{k:<22} {v:.4f}" if isinstance(v, float) else f"{k:<22} {v}" for k, v in out.items())
+    write_result(args, f"retrieval_{card.name}_{args.split}.json", out, table=table, acc=acc)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = base_parser("python -m eval.retrieval", __doc__)
-    parser.add_argument("--split", default="test", help="split of (image, caption) pairs to retrieve among")
+    parser = base_parser(
+        "python -m eval.retrieval", __doc__, split="split of (image, caption) pairs to retrieve among"
+    )
     add_common_options(parser, out="RUN/eval/retrieval_<dataset>_<split>.json")
     return run_cli(run, parser, argv)
 

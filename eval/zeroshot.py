@@ -57,16 +57,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         batch_size=args.batch_size, num_workers=args.workers, templates=args.templates,
     )  # fmt: skip
     out = {"checkpoint": str(args.checkpoint), "dataset": card.name, "label": label, "splits": results}
-    if acc.is_main_process:
-        table = format_results(results, f"zero-shot {card.name}:{label} ({len(card.class_names(label))} classes)")
-        write_result(args, f"zeroshot_{card.name}.json", out, table=table)
+    table = format_results(results, f"zero-shot {card.name}:{label} ({len(card.class_names(label))} classes)")
+    write_result(args, f"zeroshot_{card.name}.json", out, table=table, acc=acc)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = base_parser("python -m eval.zeroshot", __doc__)
-    parser.add_argument("--split", action="append", help="split to evaluate (repeatable; default: all but train)")
-    parser.add_argument("--label", help="label key of the card (default: the run's data.label, else the first)")
+    parser = base_parser(
+        "python -m eval.zeroshot", __doc__, split="split to evaluate (repeatable; default: all but train)",
+        label="label key of the card (default: the run's data.label, else the first)", every_split=True,
+    )  # fmt: skip
     parser.add_argument("--templates", help="'openai' (80 ImageNet templates) or 'simple' (default: the card's)")
     add_common_options(parser, no_ema=True, out="RUN/eval/zeroshot_<dataset>.json")
     return run_cli(run, parser, argv)

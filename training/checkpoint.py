@@ -5,7 +5,8 @@ Layout of a run directory::
     config.yaml                  the resolved recipe
     model.safetensors            the newest weights (model_ema.safetensors too with EMA)
     metrics.jsonl                one JSON record per logged step
-    checkpoints/step-00000500/   model.safetensors, accelerator/ (Accelerate save_state), state.json
+    checkpoints/step-00000500/   model.safetensors, accelerator/ (Accelerate save_state), state.json, and with
+                                 train.fsdp sharded/ (each rank's slices of weights and optimizer state)
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ from accelerate import Accelerator
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 
 from multimodal.cli import one_line
 from multimodal.io import atomic_path, atomic_write_text
+
+from .sharding import full_state_dict, is_sharded, save_sharded
 
 __all__ = [
     "CheckpointError",
@@ -36,13 +40,16 @@ __all__ = [
     "save_weights",
 ]
 
-_WRITE_ERRORS = (OSError, SafetensorError, RuntimeError)
+_WRITE_ERRORS = (OSError, SafetensorError, RuntimeError, CheckpointException)  # the last: DCP's, any rank's
 _STEP_DIR = re.compile(r"^(?:\.old-)?step-(\d{8})$")
 
 
-def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Weights only, as safetensors, through a temporary file and a rename, fsynced."""
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+def save_weights(
+    model: nn.Module | dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
+    """Weights only (of a model, or a state dict), as safetensors, through a temporary file and a rename, fsynced."""
+    weights = model.state_dict() if isinstance(model, nn.Module) else model
+    state = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
     with atomic_path(path, fsync=True) as tmp:
         save_file(state, str(tmp), metadata=metadata or {"format": "pt"})
 
@@ -83,18 +90,21 @@ def save_checkpoint(
     ema: nn.Module | None,
     state: dict[str, Any],
     keep: int,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> Path:
     """Save everything needed to resume at ``step``; every rank must call this. Returns the checkpoint path.
 
     ``state`` (plain JSON: counters, the LR scheduler's state) goes to ``state.json``; weights go to safetensors
-    and the optimizer and RNG states through Accelerate, so that loading a checkpoint never unpickles code.
+    and the optimizer and RNG states through Accelerate, so that loading a checkpoint never unpickles code. A
+    sharded model (``train.fsdp``) and its ``optimizer`` go to ``sharded/`` instead, each rank its slices, and
+    ``model.safetensors`` holds the consolidated weights.
     A write that fails on any rank (a full disk) removes the partial folder on every rank and raises
     :class:`CheckpointError`; the previous checkpoints are untouched.
     """
     root = Path(run_dir) / "checkpoints"
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}"
-    error = _write_temporary(acc, tmp, model=model, ema=ema, state=state)
+    error = _write_temporary(acc, tmp, model=model, ema=ema, state=state, optimizer=optimizer)
     if _failed_anywhere(acc, error is not None or not tmp.is_dir()):
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -116,10 +126,18 @@ def save_checkpoint(
 
 
 def _write_temporary(
-    acc: Accelerator, tmp: Path, *, model: nn.Module, ema: nn.Module | None, state: dict[str, Any]
+    acc: Accelerator,
+    tmp: Path,
+    *,
+    model: nn.Module,
+    ema: nn.Module | None,
+    state: dict[str, Any],
+    optimizer: torch.optim.Optimizer | None,
 ) -> Exception | None:
     """Write the checkpoint into the temporary folder ``tmp`` (every rank); returns this rank's write error."""
     error: Exception | None = None
+    sharded = is_sharded(model)
+    weights = full_state_dict(model) if sharded else acc.unwrap_model(model)  # the former: every rank gathers
     if acc.is_main_process:
         try:
             tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -131,9 +149,11 @@ def _write_temporary(
     if error is not None or not tmp.is_dir():  # elsewhere than on the main process: it says why
         return error
     try:
-        acc.save_state(str(tmp / "accelerator"))
+        acc.save_state(str(tmp / "accelerator"))  # under FSDP only the RNG states: the model is not Accelerate's
+        if sharded:
+            state = {**state, "optimizer": save_sharded(tmp, model, optimizer)}
         if acc.is_main_process:
-            save_weights(acc.unwrap_model(model), tmp / "model.safetensors")
+            save_weights(weights, tmp / "model.safetensors")
             if ema is not None:
                 save_weights(ema, tmp / "model_ema.safetensors")
             atomic_write_text(tmp / "state.json", json.dumps(state, indent=2), fsync=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -43,7 +44,9 @@ class TaskConfig(Config):
 
     def __init_subclass__(cls, task: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if task is not None:
+        if task is not None:  # ``name`` defaults to the task's name; @dataclass, applied next, makes it the field's
+            cls.__annotations__ = {"name": "str", **inspect.get_annotations(cls)}
+            cls.name = task
             TaskConfig._KINDS[task] = cls
 
     @staticmethod
@@ -137,6 +140,7 @@ class TrainLoopConfig(Config):
     max_bad_steps: int = 5  # a step with a non-finite loss or gradient is skipped; this many in a row stop the run
     threads: int = 0  # CPU threads per process; 0 (auto): OMP_NUM_THREADS if set, else the cores other jobs leave idle
     stop_signals: tuple[str, ...] = ("SIGTERM",)  # stop at the next step with a checkpoint (add SIGUSR1 for SLURM)
+    fsdp: bool = False  # shard weights, gradients and optimizer state over the processes (FSDP2; GPUs or CPU/gloo)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +164,15 @@ class TrainConfig(Config):
             (self.train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
             (self.train.max_bad_steps >= 1, "train.max_bad_steps must be >= 1"),
             (self.train.threads >= 0, "train.threads must be >= 1, or 0 for auto"),
+            (
+                not (self.train.fsdp and self.train.ema_decay > 0),
+                "train.fsdp=true does not keep an EMA yet (it would need the whole model on every process); "
+                "set train.ema_decay=0 or train.fsdp=false",
+            ),
+            (
+                not (self.train.fsdp and self.train.precision == "fp16"),
+                "train.fsdp=true trains in fp32 or bf16 (FSDP2 has no gradient scaler); set train.precision=bf16",
+            ),
             (
                 set(self.train.stop_signals) <= set(STOP_SIGNALS),
                 f"train.stop_signals may name {', '.join(STOP_SIGNALS)}; got {list(self.train.stop_signals)}",

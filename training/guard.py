@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from .checkpoint import find_latest
 from .resume import TrainState
@@ -74,9 +75,9 @@ class StepGuard:
         """
         acc, norm = self.acc, None
         if self.clip:
-            norm = float(acc.clip_grad_norm_(self.params, self.clip))
+            norm = _value(acc.clip_grad_norm_(self.params, self.clip))
         elif acc.scaler is None:
-            norm = float(torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None]))
+            norm = _value(torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None]))
         flags = [not all(math.isfinite(v) for v in losses), acc.scaler is None and not math.isfinite(norm)]
         if acc.num_processes > 1:
             flags = (
@@ -105,3 +106,8 @@ class StepGuard:
             f"is {find_latest(self.run_dir) or 'none (no checkpoint was written yet)'}. Lower optim.lr, set "
             "optim.grad_clip, or check the data of those steps, then continue with resume=latest"
         )
+
+
+def _value(norm: torch.Tensor) -> float:
+    """A gradient norm as a number; under FSDP it is a DTensor over the shards' norms."""
+    return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)

@@ -8,10 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils.other import load as load_weights_only
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 
 from multimodal.cli import one_line
 from multimodal.config import ConfigError
@@ -19,6 +22,7 @@ from multimodal.config import ConfigError
 from .checkpoint import CheckpointError, find_latest, load_state, remove_folder
 from .config import TrainConfig
 from .ema import ModelEma
+from .sharding import SHARDED_DIR, is_sharded, load_sharded
 
 __all__ = ["TrainState", "clear_run", "match_world_size", "restore_checkpoint", "resume_checkpoint"]
 
@@ -77,7 +81,14 @@ def resume_checkpoint(cfg: TrainConfig) -> Path | None:
 
 
 def restore_checkpoint(
-    acc: Accelerator, checkpoint: Path, *, scheduler: Any, state: TrainState, ema: ModelEma | None
+    acc: Accelerator,
+    checkpoint: Path,
+    *,
+    scheduler: Any,
+    state: TrainState,
+    ema: ModelEma | None,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
 ) -> None:
     """Load a checkpoint into the prepared model and optimizer, the scheduler, the trainer state and the EMA.
 
@@ -85,11 +96,14 @@ def restore_checkpoint(
     safetensors and JSON here): a checkpoint that smuggles in code is refused, its code never run.
     """
     rng = checkpoint / "accelerator" / f"random_states_{acc.process_index}.pkl"
+    _check_sharding(checkpoint, is_sharded(model))
     try:
         saved = load_state(checkpoint)  # first: it refuses the pickled trainer state of older checkpoints
         if rng.exists():  # Accelerate logs a failure to read it and goes on: resumption would not be exact
             load_weights_only(rng)  # Accelerate's torch.load(weights_only=True), numpy's RNG state allowed
         acc.load_state(str(checkpoint / "accelerator"))
+        if is_sharded(model):
+            load_sharded(checkpoint, model, optimizer, saved["optimizer"])
         state.load_state_dict(saved)
         scheduler.load_state_dict(saved["scheduler"])
         if ema is not None:
@@ -103,12 +117,23 @@ def restore_checkpoint(
             f"refusing to load {checkpoint}: a file in it holds pickled objects other than tensors and plain data, "
             f"which could run code ({reason[:200]}); resume only from checkpoints you trust"
         ) from None
-    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as e:
+    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError, CheckpointException) as e:
         raise CheckpointError(
             f"cannot resume from {checkpoint}: it is damaged or belongs to another model or recipe "
             f"({type(e).__name__}: {one_line(e)[:300]}); resume from another checkpoint (resume=<folder>) "
             "or start afresh"
         ) from None
+
+
+def _check_sharding(checkpoint: Path, sharded: bool) -> None:
+    """A sharded checkpoint resumes only a sharded run, and the other way round; say which setting to use."""
+    written_sharded = (checkpoint / SHARDED_DIR).is_dir()
+    if written_sharded != sharded:
+        written, setting = ("with", "true") if written_sharded else ("without", "false")
+        raise CheckpointError(
+            f"{checkpoint} was written {written} train.fsdp; resume it with train.fsdp={setting} (any number of "
+            f"processes{'' if written_sharded else ' for a sharded run: start one afresh from its model.safetensors'})"
+        )
 
 
 def match_world_size(acc: Accelerator, state: TrainState) -> None:

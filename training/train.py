@@ -20,6 +20,7 @@ from multimodal.cli import USER_ERRORS, HelpFormatter, one_line, one_line_warnin
 from .checkpoint import CheckpointError
 from .config import TaskConfig, TrainConfig
 from .guard import PeerLostError, TrainingError
+from .launch import LaunchError
 from .preemption import PREEMPTED_EXIT
 from .trainer import Trainer, train
 
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             trainer = Trainer(load_config(args.recipe, args.overrides))
             trainer.build()  # a recipe its data or model refuses stops here, before anything is written
         except USER_ERRORS as e:
-            _print_error(e)
+            _print_error(e, every_rank=isinstance(e, LaunchError))  # a lone worker with RANK=3 is its own rank 0
             return 2
         try:
             results = trainer.fit()

@@ -24,11 +24,12 @@ from .checkpoint import find_latest, save_checkpoint
 from .config import TrainConfig
 from .ema import ModelEma
 from .guard import PeerLostError, StepGuard, TrainingError
-from .launch import make_accelerator, warn_ignored_num_processes
+from .launch import check_world, make_accelerator, refuse_lone_worker, warn_ignored_num_processes
 from .metrics import MetricsLog, RunningMeans, format_eval
 from .optim import build_optimizer, build_scheduler
 from .preemption import Preemption
 from .resume import TrainState, clear_run, match_world_size, restore_checkpoint, resume_checkpoint
+from .sharding import shard_model, unsharded
 from .tasks import build_task
 
 __all__ = ["MAX_EMPTY_BATCHES", "Trainer", "train"]
@@ -60,6 +61,9 @@ class Trainer:
             return
         warn_ignored_num_processes()
         self.acc = make_accelerator(self.cfg)
+        refuse_lone_worker(self.acc)  # WORLD_SIZE > 1 yet alone: a one-line error, before anything is written
+        if (world := check_world(self.acc)) > 1:  # one all-reduce of the rank ids proves the world from inside
+            self.acc.print(f"process group checked: {world} processes answered an all-reduce of their rank ids")
         self.threads = configure_threads(self.cfg.train.threads) if self.acc.device.type == "cpu" else 0
         set_seed(self.cfg.run.seed)
         self.task = build_task(self.cfg, self.acc)
@@ -80,9 +84,14 @@ class Trainer:
                 clear_run(self.run_dir)
         with acc.main_process_first():
             self.task.prepare_data()
+        if cfg.train.fsdp:  # sharded by our policy on GPUs and CPUs alike; Accelerate only launches
+            self.model = shard_model(self.model, acc.device.type, acc.num_processes, precision=cfg.train.precision)
         optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
-        self.model, self.optimizer = acc.prepare(self.model, optimizer)
+        if cfg.train.fsdp:
+            self.optimizer = optimizer
+        else:
+            self.model, self.optimizer = acc.prepare(self.model, optimizer)
         decay = cfg.train.ema_decay
         self.ema = ModelEma(acc.unwrap_model(self.model), decay, warmup=cfg.train.ema_warmup) if decay > 0 else None
         self.state = TrainState(batches=[0] * acc.num_processes)
@@ -100,11 +109,15 @@ class Trainer:
         self.state.threads = self.threads
         on = f"{acc.device}, {self.threads} thread(s)" if self.threads else str(acc.device)
         steps = self.stop - self.state.step
-        acc.print(f"training {cfg.model.name} for {steps} steps on {acc.num_processes} process(es), {on}")
+        sharded = ", FSDP2" if cfg.train.fsdp else ""
+        acc.print(f"training {cfg.model.name} for {steps} steps on {acc.num_processes} process(es){sharded}, {on}")
 
     def _restore(self) -> None:
         acc, state = self.acc, self.state
-        restore_checkpoint(acc, self.resume_from, scheduler=self.scheduler, state=state, ema=self.ema)
+        restore_checkpoint(
+            acc, self.resume_from, scheduler=self.scheduler, state=state, ema=self.ema, model=self.model,
+            optimizer=self.optimizer,
+        )  # fmt: skip
         if self.cfg.train.threads == 0 and self.threads and state.threads and state.threads != self.threads:
             acc.print(f"train.threads=auto: resuming with the {state.threads} thread(s) the run computed with")
             self.threads = configure_threads(state.threads)  # float sums depend on the thread count: stay exact
@@ -242,7 +255,8 @@ class Trainer:
 
     def evaluate(self) -> None:
         """The task's evaluation of the model (and of its EMA), logged and printed; kept for ``results.json``."""
-        results, eval_skips = self.task.evaluate(self.model, step=self.state.step)
+        with unsharded(self.model):  # under FSDP: each process may evaluate a different number of batches
+            results, eval_skips = self.task.evaluate(self.model, step=self.state.step)
         out = {f"eval/{k}": v for k, v in results.items()}
         if self.ema is not None:
             ema_results, _ = self.task.evaluate(self.ema.module, step=self.state.step)
@@ -269,7 +283,7 @@ class Trainer:
             saved["ema_updates"] = self.ema.num_updates
         save_checkpoint(
             acc, self.run_dir, step=state.step, model=self.model, ema=self.ema.module if self.ema else None,
-            state=saved, keep=self.cfg.train.keep_checkpoints,
+            state=saved, keep=self.cfg.train.keep_checkpoints, optimizer=self.optimizer,
         )  # fmt: skip
 
     def finish(self) -> dict[str, Any]:

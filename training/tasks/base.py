@@ -150,6 +150,14 @@ class Task(ABC):
             return {"items": items}, len(items)
         return {"urls": card.shard_urls(split)}, card.split(split).num_samples
 
+    def train_source(self, card: DatasetCard | None = None) -> dict[str, Any]:
+        """The source of ``data.train_split`` of ``card`` (default: the task's), with a warning when it holds
+        fewer samples than one batch of all processes."""
+        card, split = card or self.card, self.cfg.data.train_split
+        source, num_samples = self.source(card, split)
+        self.warn_small_split(card.name, split, num_samples)
+        return source
+
     def decoder(
         self,
         card: DatasetCard,

@@ -21,7 +21,6 @@ __all__ = ["ClassificationOptions", "ClassificationTask"]
 
 @dataclasses.dataclass(frozen=True)
 class ClassificationOptions(TaskConfig, task="classification"):
-    name: str = "classification"
     label_smoothing: float = 0.0
     aux_loss_weight: float = 0.01  # mixture-of-experts load balancing (Switch Transformer's alpha)
 
@@ -60,9 +59,7 @@ class ClassificationTask(Task):
         return "cls" if self.card.format == "folder" else self.label
 
     def train_batches(self, model: nn.Module, start_batch: int) -> Iterable[dict[str, Any]]:
-        split = self.cfg.data.train_split
-        source, num_samples = self.source(self.card, split)
-        self.warn_small_split(self.card.name, split, num_samples)
+        source = self.train_source()
         decode = self.decoder(self.card, train=True, label=self._label_key())
         return self.train_loader(source, decode=decode, collate=collate, start_batch=start_batch)
 

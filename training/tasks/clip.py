@@ -26,7 +26,6 @@ __all__ = ["ClipOptions", "ClipTask"]
 
 @dataclasses.dataclass(frozen=True)
 class ClipOptions(TaskConfig, task="clip"):
-    name: str = "clip"
     loss: Literal["clip", "siglip"] = "clip"  # the contrastive loss of the image and text towers
     grad_cache_chunks: int = 1  # the exact gradient of a batch computed in this many chunks (GradCache)
     zeroshot_splits: tuple[str, ...] = ()  # splits to zero-shot classify (default: data.eval_split)
@@ -124,9 +123,7 @@ class ClipTask(Task):
         return self._tokenizer
 
     def train_batches(self, model: nn.Module, start_batch: int) -> Iterable[dict[str, Any]]:
-        split = self.cfg.data.train_split
-        source, num_samples = self.source(self.card, split)
-        self.warn_small_split(self.card.name, split, num_samples)
+        source = self.train_source()
         return self.train_loader(
             source,
             decode=self.decoder(self.card, train=True, text=True),

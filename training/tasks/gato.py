@@ -52,7 +52,6 @@ RAW_PIXELS = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # (mean, std): pixels stay in [
 
 @dataclasses.dataclass(frozen=True)
 class GatoOptions(TaskConfig, task="gato"):
-    name: str = "gato"
     mixture: dict[str, float] = dataclasses.field(default_factory=dict)  # dataset card -> share of a batch
     prompt_prob: float = 0.25  # share of control sequences prefixed with a demonstration of the same task
     eval_episodes: int = 5  # rollouts per control dataset at each evaluation
@@ -240,7 +239,7 @@ class GatoTask(Task):
 
     def _caption_loader(self, name: str, count: int, tokenizer: GatoTokenizer, start_batch: int):
         card = self.cards[name]
-        source, _ = self.source(card, self.cfg.data.train_split)
+        source = self.train_source(card)
         return self.train_loader(
             source,
             decode=self.decoder(card, train=True, text=True, normalise=RAW_PIXELS),

@@ -45,17 +45,17 @@ class _ClipConditionedOptions(_SamplingOptions):
 
 @dataclasses.dataclass(frozen=True)
 class PriorOptions(_ClipConditionedOptions, task="unclip_prior"):
-    name: str = "unclip_prior"
+    """The prior's options: the CLIP it is conditioned on and the sampling settings."""
 
 
 @dataclasses.dataclass(frozen=True)
 class DecoderOptions(_ClipConditionedOptions, task="unclip_decoder"):
-    name: str = "unclip_decoder"
+    """The decoder's options: the CLIP it is conditioned on and the sampling settings."""
 
 
 @dataclasses.dataclass(frozen=True)
 class UpsamplerOptions(_SamplingOptions, task="unclip_upsampler"):
-    name: str = "unclip_upsampler"
+    """The upsampler's options: the sampling settings alone."""
 
 
 class _ClipConditioned(Task):
@@ -194,19 +194,28 @@ class PriorTask(_ClipConditioned):
         }, SkipStats()
 
 
-class DecoderTask(_ClipConditioned):
+class _MakesImages(Task):
+    """A task whose model makes images of one size (``model.config.image_size``), which the data must have."""
+
+    def build_model(self) -> nn.Module:
+        model = super().build_model()
+        made, asked = model.config.image_size, self.cfg.data.image_size
+        if made != asked:
+            raise ValueError(
+                f"data.image_size={asked} but the {self.opts.name} model makes {made} px images: "
+                f"set data.image_size={made}"
+            )
+        return model
+
+
+class DecoderTask(_MakesImages, _ClipConditioned):
     """The decoder on (image, CLIP image embedding, caption) triples; the embedding comes from the cache."""
 
     Options = DecoderOptions
 
-    def build_model(self) -> nn.Module:
-        model = super().build_model()
-        _check_image_size(model, self.cfg.data.image_size, "decoder")
-        return model
-
     def train_batches(self, model: nn.Module, start_batch: int) -> Iterator[dict[str, Any]]:
         tokenizer = get_tokenizer(self.clip)
-        source, _ = self.source(self.card, self.cfg.data.train_split)
+        source = self.train_source()
         return self.train_loader(
             source,
             decode=self.decoder(self.card, train=True, text=True, normalise=UNIT_RANGE),
@@ -238,18 +247,13 @@ class DecoderTask(_ClipConditioned):
         }, SkipStats()
 
 
-class UpsamplerTask(Task):
+class UpsamplerTask(_MakesImages, Task):
     """The upsampler on the card's images alone: the low-resolution inputs are made from them."""
 
     Options = UpsamplerOptions
 
-    def build_model(self) -> nn.Module:
-        model = super().build_model()
-        _check_image_size(model, self.cfg.data.image_size, "upsampler")
-        return model
-
     def train_batches(self, model: nn.Module, start_batch: int) -> Iterator[dict[str, Any]]:
-        source, _ = self.source(self.card, self.cfg.data.train_split)
+        source = self.train_source()
         decode = self.decoder(self.card, train=True, normalise=UNIT_RANGE)
         return self.train_loader(source, decode=decode, collate=collate, start_batch=start_batch)
 
@@ -286,14 +290,6 @@ def _wrapper_loss(model: nn.Module, *inputs: Tensor) -> tuple[Tensor, dict[str, 
     """A diffusion wrapper's forward is its training loss (so DDP sees the forward): the loss and its logs."""
     loss, logs = model(*inputs)
     return loss, {"loss": loss.detach(), **logs}
-
-
-def _check_image_size(model: nn.Module, image_size: int, what: str) -> None:
-    if model.config.image_size != image_size:
-        raise ValueError(
-            f"data.image_size={image_size} but the {what} makes {model.config.image_size} px images: "
-            f"set data.image_size={model.config.image_size}"
-        )
 
 
 def _psnr(x: Tensor, y: Tensor) -> float:
