@@ -29,7 +29,7 @@ from .metrics import MetricsLog, RunningMeans, format_eval
 from .optim import build_optimizer, build_scheduler
 from .preemption import Preemption
 from .resume import TrainState, clear_run, match_world_size, restore_checkpoint, resume_checkpoint
-from .sharding import shard_model, unsharded
+from .sharding import local_bytes, shard_model, unsharded
 from .tasks import build_task
 
 __all__ = ["MAX_EMPTY_BATCHES", "Trainer", "train"]
@@ -299,6 +299,7 @@ class Trainer:
             "distributed_type": str(self.acc.distributed_type).rsplit(".", 1)[-1],
             "wall_seconds": round(self.seconds(), 1),  # setup and evaluations included
             "skipped_steps": state.skipped_steps,
+            "state_bytes_per_process": self._state_bytes(),
             **self.eval_results,
             "data": self.carried.to_json(),
         }
@@ -323,6 +324,11 @@ class Trainer:
     def seconds(self) -> float:
         """Wall time of the run so far: this invocation's and, when resumed, the earlier ones'."""
         return self.seconds_before + time.perf_counter() - self.started
+
+    def _state_bytes(self) -> int:
+        """The most bytes of parameters and optimizer state any process holds (its shards under FSDP)."""
+        local = local_bytes(self.model, self.optimizer)
+        return max(gather_object([local])) if self.acc.num_processes > 1 else local
 
     def _gather_skips(self, local: SkipStats) -> SkipStats:
         """The skip counts of every process, merged."""
