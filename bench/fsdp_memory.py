@@ -25,9 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from multimodal.data.shapes import ShapesSpec, generate_shapes
+from multimodal.data.shapes import ShapesSpec, write_shapes_card
 from training.tasks import build_task
 from training.train import load_config
 
@@ -40,16 +38,7 @@ STEPS, BATCH = 2, 4
 
 def make_shapes(root: Path) -> Path:
     """Generate the small shapes dataset under ``root`` and write a card for it; returns the card's path."""
-    manifest = generate_shapes(root / "data", SPEC, workers=1)
-    card = yaml.safe_load((REPO / "datasets" / "shapes.yaml").read_text())
-    card.update(name="bench-shapes", generator=None, root=str(root / "data"))
-    card["splits"] = {
-        split: {"shards": info["shards"], "num_samples": info["num_samples"]}
-        for split, info in manifest["splits"].items()
-    }
-    path = root / "bench-shapes.yaml"
-    path.write_text(yaml.safe_dump(card))
-    return path
+    return write_shapes_card(root, SPEC, "bench-shapes")
 
 
 def overrides(card: Path, *, dim: int, depth: int) -> list[str]:

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from multimodal.data.shapes import ShapesSpec, generate_shapes
+from multimodal.data.shapes import ShapesSpec, write_shapes_card
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,17 +38,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def tiny_shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small shapes dataset (8 train shards of 48) and a card for it; returns the card path."""
-    root = tmp_path_factory.mktemp("tiny-shapes")
-    manifest = generate_shapes(root / "data", TINY_SPEC, workers=1)
-    card = yaml.safe_load((REPO / "datasets" / "shapes.yaml").read_text())
-    card.update(name="tiny-shapes", generator=None, root=str(root / "data"))
-    card["splits"] = {
-        split: {"shards": info["shards"], "num_samples": info["num_samples"]}
-        for split, info in manifest["splits"].items()
-    }
-    path = root / "tiny-shapes.yaml"
-    path.write_text(yaml.safe_dump(card))
-    return path
+    return write_shapes_card(tmp_path_factory.mktemp("tiny-shapes"), TINY_SPEC, "tiny-shapes")
 
 
 TINY_CLIP = {

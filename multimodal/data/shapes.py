@@ -30,7 +30,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+import yaml
+
 from multimodal.data import shards
+
+from .cards import find_cards_dir
 
 FORMAT_VERSION = 2  # 2: several captions per sample (json "captions")
 SPLITS = ("train", "test", "heldout")
@@ -477,6 +481,21 @@ def generate_shapes(
             bar.update(count)
     shards.write_manifest(out_dir, manifest)
     return manifest
+
+
+def write_shapes_card(root: Path, spec: ShapesSpec, name: str, *, workers: int = 1) -> Path:
+    """Generate the shapes data of ``spec`` under ``root/data`` and write a card for it, ``root/<name>.yaml`` (the
+    shapes card's keys, this data's splits); returns the card's path."""
+    manifest = generate_shapes(root / "data", spec, workers=workers)
+    card = yaml.safe_load((find_cards_dir() / "shapes.yaml").read_text())
+    card.update(name=name, generator=None, root=str(root / "data"))
+    card["splits"] = {
+        split: {"shards": info["shards"], "num_samples": info["num_samples"]}
+        for split, info in manifest["splits"].items()
+    }
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(card))
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from multimodal import create_model
-from tests.conftest import REPO, run_cli, tiny_recipe, train_recipe, write_recipe
+from tests.conftest import REPO, TINY_CLIP, run_cli, tiny_recipe, train_recipe, write_recipe
 from tests.reliability.test_distributed_faults import _free_port
 from tests.training.test_clip_task import clip_recipe
 from tests.training.test_gato_task import control_cards  # noqa: F401 (a fixture)
@@ -68,7 +68,7 @@ def test_each_transformer_block_is_a_unit(name, args, expected):
 
 
 def test_clip_shards_both_towers_and_keeps_logit_scale_in_the_root():
-    model = create_model("clip_nano", **{k: v for k, v in _tiny_clip().items()})
+    model = create_model("clip_nano", **TINY_CLIP["args"])
     units = shard_units(model)
     assert any(u.startswith("visual.") for u in units) and any(u.startswith("text.") for u in units)
     assert not any("logit_scale".startswith(u) for u in units)
@@ -89,12 +89,6 @@ def test_a_unet_shards_its_down_mid_and_up_blocks():
     assert {"unet.down_blocks.0", "unet.down_blocks.1", "unet.mid_block", "unet.up_blocks.0"} <= set(units)
     depth = {u: u.count(".") for u in units}
     assert list(depth.values()) == sorted(depth.values(), reverse=True)  # inner units first
-
-
-def _tiny_clip() -> dict:
-    from tests.conftest import TINY_CLIP
-
-    return TINY_CLIP["args"]
 
 
 # --- the same loss curve as DDP ----------------------------------------------------------------------------------
