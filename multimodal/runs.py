@@ -118,9 +118,11 @@ def load_checkpoint(path: str | Path, *, ema: bool | None = None, device: str | 
     if "name" not in model_cfg:
         raise ConfigError(f"{run_dir(path) / 'config.yaml'} names no model (model.name)")
     weights = run_weights(path, ema=ema)
-    model = create_model(model_cfg["name"], **(model_cfg.get("args") or {}))
-    try:
-        state = load_file(str(weights), device=str(device))
+    with torch.random.fork_rng(devices=[]):  # the random initialisation, overwritten next, leaves the caller's RNG
+        model = create_model(model_cfg["name"], **(model_cfg.get("args") or {}))
+    device = torch.device(device)
+    try:  # safetensors names the CPU "cpu" only, while a process of a multi-CPU launch computes on "cpu:0"
+        state = load_file(str(weights), device="cpu" if device.type == "cpu" else str(device))
     except SafetensorError as e:
         raise ConfigError(f"{weights} is not a readable safetensors file ({e}): the checkpoint is damaged") from None
     missing, unexpected = model.load_state_dict(state, strict=False)

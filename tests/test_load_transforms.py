@@ -96,6 +96,28 @@ def test_load_model_and_transforms_gives_the_run_model_and_its_preprocessing(tmp
         multimodal.get_tokenizer(torch.nn.Linear(2, 2))
 
 
+@pytest.mark.parametrize("device", ["cpu:0", torch.device("cpu", 0)])
+def test_a_checkpoint_loads_on_the_indexed_cpu_device_of_a_multi_process_launch(tmp_path, device):
+    # Each process of `accelerate launch --multi_gpu` on CPUs computes on "cpu:0"; safetensors knows only "cpu".
+    run = write_clip_run(tmp_path / "clip")
+    model = multimodal.load_checkpoint(run, device=device)
+    reference = multimodal.load_checkpoint(run)
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values(), strict=True)
+    )
+
+
+def test_loading_a_checkpoint_leaves_the_global_random_state_alone(tmp_path):
+    # A run that loads a CLIP (the unCLIP tasks, an embedding cache being built) draws the same numbers afterwards
+    # as one that did not: whether a cache existed must not change a training run.
+    run = write_clip_run(tmp_path / "clip")
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    multimodal.load_checkpoint(run)
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_a_run_that_takes_no_images_has_no_transform(tmp_path):
     run = tmp_path / "prior"
     run.mkdir()

@@ -2,9 +2,12 @@
 
 One policy serves every family: each transformer block (:class:`multimodal.nn.Block`: ViT, both CLIP towers, the
 prior, GATO), each residual block of GATO's image tokenizer, each stage of a ResNet and each down, middle and up
-block of a diffusers UNet becomes its own unit; the rest (embeddings, GATO's tied embedding and output, CLIP's
-``logit_scale``, final norms and heads) lives in the root unit, so tied weights stay in one unit. The same calls run on
-GPUs and on a CPU mesh over gloo (Accelerate does not shard on a CPU).
+block of a diffusers UNet becomes its own unit; the rest (embeddings, GATO's tied embedding and output, final norms
+and heads) lives in the root unit, so tied weights stay in one unit. A scalar parameter (CLIP's ``logit_scale`` and
+SigLIP's ``logit_bias``) has no dimension to shard: it stays whole on every process, like under DDP, and its
+gradient is averaged across processes as soon as it is computed. Buffers (batch-norm statistics) are not sharded
+either: as DDP does, each training forward pass starts from the main process's, and a checkpoint keeps the main
+process's. The same calls run on GPUs and on a CPU mesh over gloo (Accelerate does not shard on a CPU).
 
 A sharded checkpoint keeps each rank's slices of the weights and optimizer moments in ``sharded/`` through
 ``torch.distributed.checkpoint`` in its safetensors format, whose index is JSON: loading it unpickles nothing, and it
@@ -83,8 +86,30 @@ def shard_model(model: nn.Module, device_type: str, world_size: int, *, precisio
     modules = dict(model.named_modules())
     for name in shard_units(model):
         fully_shard(modules[name], mesh=mesh, mp_policy=policy)
-    fully_shard(model, mesh=mesh, mp_policy=policy)
+    scalars = {p for p in model.parameters() if p.ndim == 0}
+    fully_shard(model, mesh=mesh, mp_policy=policy, ignored_params=scalars)
+    for param in scalars:  # replicated, as under DDP: FSDP leaves their gradients to us
+        param.register_post_accumulate_grad_hook(_average_gradient)
+    if world_size > 1 and any(True for _ in model.buffers()):
+        model.register_forward_pre_hook(_broadcast_buffers_in_training)
     return model
+
+
+def _broadcast_buffers_in_training(model: nn.Module, args: Any) -> None:
+    if model.training and torch.is_grad_enabled():
+        broadcast_buffers(model)
+
+
+def broadcast_buffers(model: nn.Module) -> None:
+    """Every process takes the main process's buffers (DDP's ``broadcast_buffers``)."""
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
+def _average_gradient(param: torch.Tensor) -> None:
+    if dist.get_world_size() > 1:
+        dist.all_reduce(param.grad)
+        param.grad /= dist.get_world_size()
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -136,6 +161,8 @@ def _split(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str
 def save_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Write this rank's slices of weights and optimizer state into ``folder/sharded`` (every process calls this);
     returns the optimizer's plain values, for ``state.json``."""
+    if dist.get_world_size() > 1:
+        broadcast_buffers(model)  # whole on every process, so every rank's copy is the main process's
     tensors, plain = _split(model, optimizer)
     dcp.save(tensors, storage_writer=HuggingFaceStorageWriter(str(folder / SHARDED_DIR), save_distributed=True))
     return plain

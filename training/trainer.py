@@ -316,6 +316,7 @@ class Trainer:
             if self.eval_results:
                 print(format_eval(state.step, self.eval_results, self.cfg.data.eval_split))
             print(self.carried.summary() or "data: no samples skipped")
+        self.acc.wait_for_everyone()  # no process tears its process group down while another still writes
         self.acc.end_training()
         return results
 

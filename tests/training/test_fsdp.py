@@ -26,21 +26,18 @@ from training.launch import LaunchError, make_accelerator
 from training.sharding import shard_units
 
 STEPS = 20
-UNFINISHED = pytest.mark.xfail(
-    reason="FSDP work in progress (issue 17): fails on this commit, see the session note; in make test-slow only",
-    strict=False,
-)
 
 
 def launch(recipe: dict, tmp_path: Path, *overrides: str, processes: int = 2, module: str = "training.train"):
-    """``accelerate launch`` of ``processes`` gloo workers on ``recipe``; the finished process."""
+    """``accelerate launch`` of ``processes`` gloo workers on ``recipe`` (one process: plain ``python -m``); the
+    finished process."""
     path = write_recipe(tmp_path / f"recipe-{len(list(tmp_path.glob('recipe-*')))}.yaml", recipe)
     accelerate = str(Path(sys.executable).with_name("accelerate"))
     command = [
         accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-        "-m", module, str(path), *overrides,
-    ]  # fmt: skip
+    ] if processes > 1 else [sys.executable]  # fmt: skip
+    command += ["-m", module, str(path), *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
@@ -119,7 +116,6 @@ def _family_recipe(family: str, card: Path, out: Path, clip_root: Path, cards: d
 
 
 @pytest.mark.slow
-@UNFINISHED
 @pytest.mark.parametrize("family", ["vit", "clip", "prior", "decoder", "gato"])
 def test_fsdp_gives_the_loss_curve_of_ddp(family, tiny_shapes, tiny_clip_run, control_cards, tmp_path):  # noqa: F811
     curves = {}
@@ -160,7 +156,6 @@ def test_a_sharded_checkpoint_holds_each_ranks_slices_and_the_whole_weights(shar
 
 
 @pytest.mark.slow
-@UNFINISHED
 def test_same_world_size_resume_is_bitwise_identical(sharded_run, tmp_path):
     recipe = json.loads((sharded_run / "recipe.yaml").read_text())
     recipe["run"]["out_dir"] = str(tmp_path / "resumed")
@@ -172,7 +167,6 @@ def test_same_world_size_resume_is_bitwise_identical(sharded_run, tmp_path):
 
 
 @pytest.mark.slow
-@UNFINISHED
 @pytest.mark.parametrize("processes", [1, 3])
 def test_saved_at_two_resumes_at_another_world_size_with_every_tensor_equal(sharded_run, tmp_path, processes):
     recipe = json.loads((sharded_run / "recipe.yaml").read_text())
