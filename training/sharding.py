@@ -30,6 +30,7 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_state_dict,
+    set_model_state_dict,
     set_state_dict,
 )
 from torch.distributed.device_mesh import init_device_mesh
@@ -54,6 +55,7 @@ SHARDED_DIR = "sharded"
 _UNET_PARTS = ("down_blocks", "up_blocks")
 _RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 _FLAT = StateDictOptions(flatten_optimizer_state_dict=True)
+_NO_OPTIMIZER_STATE = "no_state_yet"  # in state.json's "optimizer": a checkpoint from before the first step
 
 
 def shard_units(model: nn.Module) -> list[str]:
@@ -145,8 +147,15 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
+def _model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {f"model.{k}": v for k, v in get_model_state_dict(model).items()}
+
+
 def _split(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The tensors of the model's and optimizer's state (sharded ones as DTensors) and the optimizer's plain values."""
+    """The tensors of the model's and optimizer's state (sharded ones as DTensors) and the optimizer's plain values.
+
+    An optimizer without state yet gets one from this (PyTorch's helper takes a step of zero gradients at learning
+    rate 0): its step count is then 1 before any real step, so callers ask only once the optimizer has stepped."""
     weights, optim = get_state_dict(model, optimizer, options=_FLAT)
     tensors = {f"model.{k}": v for k, v in weights.items()}
     plain = {}
@@ -163,7 +172,10 @@ def save_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimize
     returns the optimizer's plain values, for ``state.json``."""
     if dist.get_world_size() > 1:
         broadcast_buffers(model)  # whole on every process, so every rank's copy is the main process's
-    tensors, plain = _split(model, optimizer)
+    if not optimizer.state:  # before the first step (a stop signal at start-up): the model only, see _split
+        tensors, plain = _model_tensors(model), {_NO_OPTIMIZER_STATE: True}
+    else:
+        tensors, plain = _split(model, optimizer)
     dcp.save(tensors, storage_writer=HuggingFaceStorageWriter(str(folder / SHARDED_DIR), save_distributed=True))
     return plain
 
@@ -171,6 +183,11 @@ def save_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimize
 def load_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, plain: dict[str, Any]) -> None:
     """Load ``folder/sharded`` into the sharded ``model`` and ``optimizer``, whatever number of processes wrote
     it (every process calls this)."""
+    if plain.get(_NO_OPTIMIZER_STATE):
+        tensors = _model_tensors(model)
+        dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(folder / SHARDED_DIR)))
+        set_model_state_dict(model, {k.removeprefix("model."): v for k, v in tensors.items()})
+        return
     tensors, _ = _split(model, optimizer)
     dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(folder / SHARDED_DIR)))
     weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}

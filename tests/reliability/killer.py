@@ -2,7 +2,9 @@
 
 The N-th time the run reaches POINT it kills itself with SIGKILL, as the kernel or a scheduler would, leaving
 behind whatever that point leaves half done. ``POINT:N:TERM`` sends SIGTERM instead (a scheduler's request to
-stop; the run goes on to a checkpoint), ``POINT:N:TERM2`` sends it twice in a row. POINT is one of:
+stop; the run goes on to a checkpoint), ``POINT:N:TERM2`` sends it twice in a row. ``LAUNCHER`` and ``LAUNCHER2``
+send SIGTERM (once, twice) to the parent process instead, from rank 0 only: run under ``accelerate launch``, that is
+the launcher, which passes the signal on to every worker as a scheduler's would. POINT is one of:
 
     step        the start of an optimizer step's check, gradients computed, nothing applied yet
     save_state  a checkpoint's Accelerate state written, its weights and state.json not yet
@@ -35,13 +37,17 @@ from training.tasks.base import Task
 from training.trainer import Trainer
 
 SIGNALS = [signal.SIGKILL]  # what _die sends; set from the command line
+TO_LAUNCHER = [False]  # whether _die signals the parent process (from rank 0) rather than this one
 
 
 def _die() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
+    if TO_LAUNCHER[0] and os.environ.get("RANK", "0") != "0":
+        return
+    pid = os.getppid() if TO_LAUNCHER[0] else os.getpid()
     for sig in SIGNALS:
-        os.kill(os.getpid(), sig)
+        os.kill(pid, sig)
 
 
 def _truncate(path: Path) -> None:
@@ -145,6 +151,11 @@ def arm(point: str, n: int) -> None:
 
 if __name__ == "__main__":
     point, n, how = sys.argv[1].split(":") + ["1", "KILL"][len(sys.argv[1].split(":")) - 1 :]
-    SIGNALS[:] = {"KILL": [signal.SIGKILL], "TERM": [signal.SIGTERM], "TERM2": [signal.SIGTERM] * 2}[how]
+    SIGNALS[:] = {"KILL": [signal.SIGKILL], "TERM": [signal.SIGTERM], "TERM2": [signal.SIGTERM] * 2}.get(
+        how.replace("LAUNCHER", "TERM"), []
+    )
+    if not SIGNALS:
+        raise SystemExit(f"unknown signal {how!r}: KILL, TERM, TERM2, LAUNCHER or LAUNCHER2")
+    TO_LAUNCHER[0] = how.startswith("LAUNCHER")
     arm(point, int(n or 1))
     sys.exit(trainer.main(sys.argv[2:]))

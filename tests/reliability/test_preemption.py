@@ -133,3 +133,53 @@ def test_a_stop_signal_to_accelerate_launch_checkpoints_both_workers(tiny_shapes
     faults(
         "SIGTERM to `accelerate launch` (2 workers), mid-run", f"nothing: both stopped at step {stopped}, exit {code}"
     )
+
+
+# The same five points, the signal now sent to `accelerate launch` (2 FSDP workers), which passes it on to both.
+LAUNCHER_STOPS = [
+    (point.replace("TERM2", "LAUNCHER2").replace("TERM", "LAUNCHER"), where) for point, where, _ in STOPS
+]
+SHARDED_FILES = ("state.json", "model.safetensors", "accelerator", "sharded")
+
+
+def _launch_killer(recipe: Path, stop: str = "none:0") -> subprocess.CompletedProcess:
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    return subprocess.run(
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+         "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+         str(Path(__file__).with_name("killer.py")), stop, str(recipe), "resume=latest"],
+        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+
+
+def _sharded_recipe(tiny_shapes, tmp_path, name: str):
+    recipe = tiny_recipe(
+        tiny_shapes, tmp_path / name, data={"num_workers": 1},
+        train={"steps": STEPS, "checkpoint_every": 4, "eval_every": 6, "log_every": 1, "fsdp": True},
+    )  # fmt: skip
+    return write_recipe(tmp_path / f"{name}.yaml", recipe)
+
+
+@pytest.mark.slow
+def test_stop_signals_to_the_launcher_at_five_points_lose_at_most_the_step(tiny_shapes, tmp_path, faults):
+    straight = _launch_killer(_sharded_recipe(tiny_shapes, tmp_path, "straight"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    recipe, run = _sharded_recipe(tiny_shapes, tmp_path, "run"), tmp_path / "run"
+    for stop, where in LAUNCHER_STOPS:
+        before = list_checkpoints(run)[-1][0] if list_checkpoints(run) else 0
+        proc = _launch_killer(recipe, stop)
+        assert proc.returncode != 0 and not (run / "results.json").exists(), f"{stop}: {proc.stderr[-3000:]}"
+        assert proc.stderr.count("SIGTERM: stopping after this step with a checkpoint") == 2, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr.split("ChildFailedError")[0], proc.stderr[-3000:]
+        stopped = list_checkpoints(run)[-1][0]
+        assert f"at step {stopped} of {STEPS}" in proc.stdout, proc.stdout[-2000:]
+        assert stopped == _last_logged_step(run) and stopped >= before, stop  # nothing logged is lost
+        for _, folder in list_checkpoints(run):
+            assert all((folder / f).exists() for f in SHARDED_FILES), f"{stop}: {folder.name} incomplete"
+        faults(where + " (to the launcher, 2 FSDP workers)", f"nothing: both workers checkpointed step {stopped}")
+    proc = _launch_killer(recipe)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run / "results.json").read_text())["step"] == STEPS
+    x, y = load_file(tmp_path / "straight" / "model.safetensors"), load_file(run / "model.safetensors")
+    assert all(torch.equal(x[k], y[k]) for k in x), "the stopped and resumed run differs from the straight one"
