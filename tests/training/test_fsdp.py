@@ -28,13 +28,17 @@ from training.sharding import shard_units
 STEPS = 20
 
 
-def launch(recipe: dict, tmp_path: Path, *overrides: str, processes: int = 2, module: str = "training.train"):
-    """``accelerate launch`` of ``processes`` gloo workers on ``recipe`` (one process: plain ``python -m``); the
-    finished process."""
+def launch(
+    recipe: dict, tmp_path: Path, *overrides: str, processes: int = 2, module: str = "training.train",
+    config: str | None = None,
+):  # fmt: skip
+    """``accelerate launch`` of ``processes`` gloo workers on ``recipe`` (one process: plain ``python -m``), with
+    ``--multi_gpu`` or the launch ``config`` file; the finished process."""
     path = write_recipe(tmp_path / f"recipe-{len(list(tmp_path.glob('recipe-*')))}.yaml", recipe)
     accelerate = str(Path(sys.executable).with_name("accelerate"))
+    how = ["--config_file", config] if config else ["--multi_gpu"]
     command = [
-        accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+        accelerate, "launch", *how, "--num_processes", str(processes), "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
     ] if processes > 1 else [sys.executable]  # fmt: skip
     command += ["-m", module, str(path), *overrides]
@@ -196,6 +200,14 @@ def test_a_sharded_checkpoint_resumed_without_fsdp_is_refused_in_one_line(sharde
 
 
 # --- refusals ---------------------------------------------------------------------------------------------------
+
+
+def test_the_fsdp_launch_config_with_train_fsdp_trains_sharded(tiny_shapes, tmp_path):
+    recipe = tiny_recipe(tiny_shapes, tmp_path / "run", train={"steps": 2, "checkpoint_every": 0, "fsdp": True})
+    recipe["data"]["num_workers"] = 0
+    done = launch(recipe, tmp_path, config=str(REPO / "configs" / "accelerate" / "fsdp.yaml"))
+    assert "on 2 process(es), FSDP2" in done.stdout
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["step"] == 2
 
 
 def test_an_fsdp_launch_config_without_train_fsdp_is_refused(tiny_shapes, tmp_path, monkeypatch):
