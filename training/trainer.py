@@ -318,6 +318,12 @@ class Trainer:
             print(self.carried.summary() or "data: no samples skipped")
         self.acc.wait_for_everyone()  # no process tears its process group down while another still writes
         self.acc.end_training()
+        if self.acc.num_processes > 1:
+            # Gloo's worker threads drop their last references to a collective's tensors just after it completes,
+            # and that takes the GIL. Should it fall in interpreter shutdown the process aborts ("terminate called
+            # without an active exception", pytorch/pytorch#190489; 1 FSDP run in 6 here): give up the GIL a
+            # moment so that they finish while Python is alive.
+            time.sleep(0.2)
         return results
 
     # --- helpers -----------------------------------------------------------------------------------------------
