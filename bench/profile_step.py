@@ -8,13 +8,15 @@ The recipe is built and trained exactly as ``python -m training.train`` would (t
 ``run.out_dir`` a temporary directory, no checkpoints, no trackers). Reported:
 
 - **start-up**: importing torch and the trainer; ``Trainer.build`` (Accelerator, task resolved against its data
-  card, which renders the data the first time, model built); ``Trainer.setup`` (data loaders, optimizer).
-- **a training step**: ``--warmup`` steps, then ``--steps`` steps timed by the wall clock (median), then the same
-  number of steps under ``torch.profiler``. The profiled time is split by where it was spent: waiting for the next
+  card, model built); ``Trainer.setup`` (the data prepared, rendered the first time a dataset is used; loaders,
+  optimizer).
+- **a training step**: ``--warmup`` steps (the first one's time is reported: with ``train.compile=true`` it holds the
+  compilation), then ``--steps`` steps timed by the wall clock (median), then the same number of steps under
+  ``torch.profiler``. The profiled time is split by where it was spent: waiting for the next
   batch (``data``), inside ``optimizer.step``/``zero_grad`` (``optimizer``), and every other op by kind
-  (``matmul``, ``attention``, ``conv``, ``norm``, ``activation``, ``softmax/loss``, ``elementwise``, ``copy/layout``,
-  ``autograd`` bookkeeping); what no op accounts for is ``python/other``. Each op counts its *self* time, so the
-  kinds add up to the step.
+  (``matmul``, ``attention``, ``conv``, ``norm``, ``activation``, ``softmax/loss``, ``elementwise``, ``copy``,
+  ``views/alloc``: ops that move no data, ``autograd`` bookkeeping); what no op accounts for is ``python/other``.
+  Each op counts its *self* time, so the kinds add up to the step.
 - **matmul efficiency**: the profiler's FLOP count of the step's matrix products over their self time, against the
   ceiling measured here: the best of several square ``--ceiling-size`` products in fp32 and in bf16 at the same
   thread count.
@@ -297,8 +299,11 @@ def _profile(
     setup_s = time.perf_counter() - start
     _timed(trainer)
     trainer.model.train()
+    warmup_times = []
     for _ in range(warmup):
+        start = time.perf_counter()
         trainer.train_step()
+        warmup_times.append(time.perf_counter() - start)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
@@ -332,6 +337,7 @@ def _profile(
         "precision": precision,
         "threads": torch.get_num_threads(),
         "startup_seconds": {"imports": IMPORT_SECONDS, "build": build_s, "setup": setup_s},
+        "first_step_seconds": warmup_times[0] if warmup_times else None,  # with train.compile: the compilation
         "step_seconds": statistics.median(times),
         "profiled_step_seconds": profiled_s / steps,
         "step_split_seconds": kinds,
@@ -351,7 +357,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"  {r['model']}, {r['parameters'] / 1e6:.2f}M parameters, batch {r['batch_size']}, {r['precision']}, "
         f"{r['threads']} thread(s)",
         f"  start-up: imports {start['imports']:.1f} s, build {start['build']:.1f} s, setup {start['setup']:.1f} s",
-        f"  step: {r['step_seconds'] * 1e3:.1f} ms (median), profiled {r['profiled_step_seconds'] * 1e3:.1f} ms:",
+        f"  step: {r['step_seconds'] * 1e3:.1f} ms (median; the first {r['first_step_seconds'] or 0:.2f} s), "
+        f"profiled {r['profiled_step_seconds'] * 1e3:.1f} ms:",
         "    kind           ms/step   share",
     ]
     total = r["profiled_step_seconds"] or 1.0
