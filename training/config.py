@@ -141,6 +141,7 @@ class TrainLoopConfig(Config):
     threads: int = 0  # CPU threads per process; 0 (auto): OMP_NUM_THREADS if set, else the cores other jobs leave idle
     stop_signals: tuple[str, ...] = ("SIGTERM",)  # stop at the next step with a checkpoint (add SIGUSR1 for SLURM)
     fsdp: bool = False  # shard weights, gradients and optimizer state over the processes (FSDP2; GPUs or CPU/gloo)
+    compile: bool = False  # torch.compile (inductor) the model's forward in place; README: measured per family
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +173,10 @@ class TrainConfig(Config):
             (
                 not (self.train.fsdp and self.train.precision == "fp16"),
                 "train.fsdp=true trains in fp32 or bf16 (FSDP2 has no gradient scaler); set train.precision=bf16",
+            ),
+            (
+                not (self.train.fsdp and self.train.compile),
+                "train.compile=true has not been tested with train.fsdp=true; set one of them to false",
             ),
             (
                 set(self.train.stop_signals) <= set(STOP_SIGNALS),

@@ -94,6 +94,8 @@ class Trainer:
             self.model, self.optimizer = acc.prepare(self.model, optimizer)
         decay = cfg.train.ema_decay
         self.ema = ModelEma(acc.unwrap_model(self.model), decay, warmup=cfg.train.ema_warmup) if decay > 0 else None
+        if cfg.train.compile:  # in place: the same module, parameters and state-dict keys as an eager run
+            acc.unwrap_model(self.model).compile()
         self.state = TrainState(batches=[0] * acc.num_processes)
         if self.resume_from is not None:
             self._restore()
@@ -109,8 +111,8 @@ class Trainer:
         self.state.threads = self.threads
         on = f"{acc.device}, {self.threads} thread(s)" if self.threads else str(acc.device)
         steps = self.stop - self.state.step
-        sharded = ", FSDP2" if cfg.train.fsdp else ""
-        acc.print(f"training {cfg.model.name} for {steps} steps on {acc.num_processes} process(es){sharded}, {on}")
+        how = (", FSDP2" if cfg.train.fsdp else "") + (", compiled" if cfg.train.compile else "")
+        acc.print(f"training {cfg.model.name} for {steps} steps on {acc.num_processes} process(es){how}, {on}")
 
     def _restore(self) -> None:
         acc, state = self.acc, self.state
@@ -254,7 +256,9 @@ class Trainer:
         self.bar.set_postfix(loss=loss, lr=f"{means['train/lr']:.2e}", refresh=False)
 
     def evaluate(self) -> None:
-        """The task's evaluation of the model (and of its EMA), logged and printed; kept for ``results.json``."""
+        """The task's evaluation of the model (and of its EMA), logged and printed; kept for ``results.json``.
+        Its record also holds the run's wall seconds so far and the evaluation's own, for curves against time."""
+        started = time.perf_counter()
         with unsharded(self.model):  # under FSDP: each process may evaluate a different number of batches
             results, eval_skips = self.task.evaluate(self.model, step=self.state.step)
         out = {f"eval/{k}": v for k, v in results.items()}
@@ -265,7 +269,11 @@ class Trainer:
         if total_skipped:
             out["eval/skipped_samples"] = total_skipped
         self.eval_results, self.last_eval_step = out, self.state.step
-        self.metrics.log(self.state.step, out)
+        timing = {
+            "time/wall_seconds": round(self.seconds(), 2),
+            "time/eval_seconds": round(time.perf_counter() - started, 2),
+        }
+        self.metrics.log(self.state.step, {**out, **timing})
         if self.state.step < self.stop:
             self.acc.print(format_eval(self.state.step, out, self.cfg.data.eval_split))
 

@@ -221,7 +221,11 @@ def test_an_fsdp_launch_config_without_train_fsdp_is_refused(tiny_shapes, tmp_pa
 
 @pytest.mark.parametrize(
     ("train", "message"),
-    [({"ema_decay": 0.9}, "does not keep an EMA yet"), ({"precision": "fp16"}, "has no gradient scaler")],
+    [
+        ({"ema_decay": 0.9}, "does not keep an EMA yet"),
+        ({"precision": "fp16"}, "has no gradient scaler"),
+        ({"compile": True}, "train.compile=true has not been tested with train.fsdp=true"),
+    ],
 )
 def test_what_fsdp_cannot_do_is_refused_in_one_line(tiny_shapes, tmp_path, train, message):
     from multimodal.config import ConfigError
