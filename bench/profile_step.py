@@ -245,6 +245,18 @@ def split_profile(prof: Any, steps: int, wall_seconds: float) -> tuple[dict[str,
     return {k: per_step.get(k, 0.0) for k in ORDER}, flops / steps, matmul_self / steps
 
 
+def top_ops(prof: Any, steps: int, count: int) -> list[dict[str, Any]]:
+    """The ``count`` ops of most self time: name, kind (or labelled region), calls and milliseconds per step."""
+    totals: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for event in prof.events():
+        if event.device_type.name == "CPU":
+            entry = totals[(event.name, _region(event) or op_kind(event.name))]
+            entry[0] += event.self_cpu_time_total / 1e3
+            entry[1] += 1
+    ranked = sorted(totals.items(), key=lambda item: -item[1][0])[:count]
+    return [{"op": n, "kind": k, "calls": int(c / steps), "ms": ms / steps} for (n, k), (ms, c) in ranked]
+
+
 def matmul_ceiling(dtype: torch.dtype, size: int, repeats: int = 5) -> float:
     """GFLOP/s of the best of ``repeats`` square ``size`` products in ``dtype`` at the current thread count."""
     a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
@@ -272,7 +284,7 @@ def _timed(trainer: Trainer) -> None:
 
 
 def profile_recipe(
-    recipe: str, overrides: list[str], *, warmup: int, steps: int, evaluate: bool, ceiling_size: int
+    recipe: str, overrides: list[str], *, warmup: int, steps: int, evaluate: bool, ceiling_size: int, top: int = 10
 ) -> dict[str, Any]:
     """Every figure this tool reports, for one recipe."""
     out_dir = tempfile.mkdtemp(prefix="profile-step-")
@@ -281,14 +293,22 @@ def profile_recipe(
     cfg = TrainConfig.load(recipe, [*overrides, *fixed])
     try:
         return _profile(
-            cfg, recipe, overrides, warmup=warmup, steps=steps, evaluate=evaluate, ceiling_size=ceiling_size
+            cfg, recipe, overrides, warmup=warmup, steps=steps, evaluate=evaluate, ceiling_size=ceiling_size, top=top
         )
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
 def _profile(
-    cfg: TrainConfig, recipe: str, overrides: list[str], *, warmup: int, steps: int, evaluate: bool, ceiling_size: int
+    cfg: TrainConfig,
+    recipe: str,
+    overrides: list[str],
+    *,
+    warmup: int,
+    steps: int,
+    evaluate: bool,
+    ceiling_size: int,
+    top: int,
 ) -> dict[str, Any]:
     trainer = Trainer(cfg)
     start = time.perf_counter()
@@ -315,6 +335,7 @@ def _profile(
             trainer.train_step()
         profiled_s = time.perf_counter() - start
     kinds, flops, matmul_s = split_profile(prof, steps, profiled_s)
+    top_list = top_ops(prof, steps, top)
     eval_s = None
     if evaluate and cfg.data.eval_split:
         start = time.perf_counter()
@@ -346,6 +367,7 @@ def _profile(
         "ceiling_gflops": ceilings,
         "matmul_fraction_of_ceiling": achieved / ceiling if ceiling else 0.0,
         "eval_seconds": eval_s,
+        "top_ops": top_list,
     }
 
 
@@ -373,6 +395,9 @@ def format_report(r: dict[str, Any]) -> str:
     )
     if r["eval_seconds"] is not None:
         lines.append(f"  evaluation: {r['eval_seconds']:.1f} s")
+    if r["top_ops"]:
+        lines.append("  ops of most self time:      kind           calls/step   ms/step")
+        lines += [f"    {o['op'][:40]:<40} {o['kind']:<14} {o['calls']:6d} {o['ms']:9.1f}" for o in r["top_ops"]]
     return "\n".join(lines)
 
 
@@ -384,14 +409,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="steps timed, then as many profiled (default 5)")
     parser.add_argument("--no-eval", action="store_true", help="skip timing one evaluation")
     parser.add_argument("--ceiling-size", type=int, default=1024, help="side of the square ceiling matmuls")
+    parser.add_argument("--top", type=int, default=10, help="list the N ops of most self time (default 10)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    if args.warmup < 0 or args.steps < 1 or args.ceiling_size < 16:
-        parser.error("--warmup must be >= 0, --steps >= 1 and --ceiling-size >= 16")
+    if args.warmup < 0 or args.steps < 1 or args.ceiling_size < 16 or args.top < 0:
+        parser.error("--warmup must be >= 0, --steps >= 1, --ceiling-size >= 16 and --top >= 0")
     try:
         report = profile_recipe(
             args.recipe, args.overrides, warmup=args.warmup, steps=args.steps, evaluate=not args.no_eval,
-            ceiling_size=args.ceiling_size,
+            ceiling_size=args.ceiling_size, top=args.top,
         )  # fmt: skip
     except USER_ERRORS as e:
         print(f"error: {one_line(e)}", file=sys.stderr)

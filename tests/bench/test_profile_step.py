@@ -72,7 +72,11 @@ def test_a_recipe_is_profiled_end_to_end(tiny_shapes, tmp_path, capsys):
     assert report["matmul_gflop_per_step"] > 0 and set(report["ceiling_gflops"]) == {"fp32", "bf16"}
     assert report["eval_seconds"] > 0 and report["startup_seconds"]["setup"] > 0
     assert not (tmp_path / "unused").exists()  # the run lives in a temporary directory, removed afterwards
-    assert "matmul" in capsys.readouterr().out
+    top = [op["ms"] for op in report["top_ops"]]
+    assert (
+        0 < len(top) <= 10 and top == sorted(top, reverse=True) and sum(top) <= report["profiled_step_seconds"] * 1e3
+    )
+    assert "ops of most self time" in capsys.readouterr().out
 
 
 def test_a_bad_key_is_refused_in_one_line(tiny_shapes, tmp_path, capsys):
