@@ -32,7 +32,6 @@ import time
 _STARTED = time.perf_counter()
 
 import argparse  # noqa: E402 (the imports below are timed)
-import shutil  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -287,29 +286,17 @@ def profile_recipe(
     recipe: str, overrides: list[str], *, warmup: int, steps: int, evaluate: bool, ceiling_size: int, top: int = 10
 ) -> dict[str, Any]:
     """Every figure this tool reports, for one recipe."""
-    out_dir = tempfile.mkdtemp(prefix="profile-step-")
-    fixed = [f"run.out_dir={out_dir}", "run.overwrite=true", "train.checkpoint_every=0", "train.eval_every=0",
-             "train.log_with=[]", "train.progress=false", f"train.steps={warmup + 2 * steps + 1}"]  # fmt: skip
-    cfg = TrainConfig.load(recipe, [*overrides, *fixed])
-    try:
-        return _profile(
-            cfg, recipe, overrides, warmup=warmup, steps=steps, evaluate=evaluate, ceiling_size=ceiling_size, top=top
-        )
-    finally:
-        shutil.rmtree(out_dir, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="profile-step-", ignore_cleanup_errors=True) as out_dir:
+        fixed = [f"run.out_dir={out_dir}", "run.overwrite=true", "train.checkpoint_every=0", "train.eval_every=0",
+                 "train.log_with=[]", "train.progress=false", f"train.steps={warmup + 2 * steps + 1}"]  # fmt: skip
+        cfg = TrainConfig.load(recipe, [*overrides, *fixed])
+        return _profile(cfg, recipe, overrides, warmup, steps, evaluate, ceiling_size, top)
 
 
 def _profile(
-    cfg: TrainConfig,
-    recipe: str,
-    overrides: list[str],
-    *,
-    warmup: int,
-    steps: int,
-    evaluate: bool,
-    ceiling_size: int,
+    cfg: TrainConfig, recipe: str, overrides: list[str], warmup: int, steps: int, evaluate: bool, ceiling_size: int,
     top: int,
-) -> dict[str, Any]:
+) -> dict[str, Any]:  # fmt: skip
     trainer = Trainer(cfg)
     start = time.perf_counter()
     trainer.build()
