@@ -175,11 +175,6 @@ class TrainConfig(Config):
                 "train.fsdp=true trains in fp32 or bf16 (FSDP2 has no gradient scaler); set train.precision=bf16",
             ),
             (
-                not (self.train.compile and self.task.name == "gato"),
-                "train.compile=true does not compile the GATO model yet (torch.where on a Python bool in its embed); "
-                "set train.compile=false",
-            ),
-            (
                 not (self.train.fsdp and self.train.compile),
                 "train.compile=true has not been tested with train.fsdp=true; set one of them to false",
             ),

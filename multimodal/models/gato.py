@@ -138,7 +138,7 @@ class Gato(nn.Module):
         B, T = tokens.shape
         if self.cfg.context_length < T:
             raise ValueError(f"{T} tokens exceed the model's context_length={self.cfg.context_length}")
-        is_image = modality == Modality.IMAGE
+        is_image = modality == int(Modality.IMAGE)  # an int: dynamo compares a tensor with an IntEnum as a bool
         x = self.token_embed(torch.where(is_image, 0, tokens))  # (B, T, dim)
         patches = batch.get("patches")
         if is_image.any():
@@ -196,7 +196,7 @@ class Gato(nn.Module):
         logits = self.logits(hidden[target_mask]).float()  # (K, vocab)
         per_token = F.cross_entropy(logits, targets, reduction="none")
         correct = (logits.argmax(-1) == targets).float()
-        is_text = batch["modality"][:, 1:][target_mask] == Modality.TEXT
+        is_text = batch["modality"][:, 1:][target_mask] == int(Modality.TEXT)
         logs = {"loss": per_token.mean().detach()}
         for name, keep in (("text", is_text), ("action", ~is_text)):
             if keep.any():
