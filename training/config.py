@@ -139,6 +139,7 @@ class TrainLoopConfig(Config):
     record_keys: bool = False  # write each rank's training sample keys to keys/rank-N.txt (data audits)
     max_bad_steps: int = 5  # a step with a non-finite loss or gradient is skipped; this many in a row stop the run
     threads: int = 0  # CPU threads per process; 0 (auto): OMP_NUM_THREADS if set, else the cores other jobs leave idle
+    keep_freed_memory: bool = True  # CPU: glibc reuses freed tensor memory instead of page-faulting it back each step
     stop_signals: tuple[str, ...] = ("SIGTERM",)  # stop at the next step with a checkpoint (add SIGUSR1 for SLURM)
     fsdp: bool = False  # shard weights, gradients and optimizer state over the processes (FSDP2; GPUs or CPU/gloo)
     compile: bool = False  # torch.compile (inductor) the model's forward in place; README: measured per family

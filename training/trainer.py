@@ -16,7 +16,7 @@ import torch
 from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
-from multimodal.cli import configure_threads, one_line
+from multimodal.cli import configure_threads, keep_freed_memory, one_line
 from multimodal.data import SkipStats
 from multimodal.io import atomic_write_json, atomic_write_text
 
@@ -65,6 +65,8 @@ class Trainer:
         if (world := check_world(self.acc)) > 1:  # one all-reduce of the rank ids proves the world from inside
             self.acc.print(f"process group checked: {world} processes answered an all-reduce of their rank ids")
         self.threads = configure_threads(self.cfg.train.threads) if self.acc.device.type == "cpu" else 0
+        if self.threads and self.cfg.train.keep_freed_memory:
+            keep_freed_memory()
         set_seed(self.cfg.run.seed)
         self.task = build_task(self.cfg, self.acc)
         self.cfg = self.task.cfg = self.task.resolve()
