@@ -18,6 +18,7 @@ mind, but the bytes differ from those of a direct ``torch.save`` in those names.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import locale
 import os
@@ -36,6 +37,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "exclusive_lock",
 ]
 
 
@@ -59,6 +61,21 @@ def atomic_path(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterato
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing; left in place) for the ``with`` block: a second
+    process asking for it waits until the first leaves, e.g. to find the file the first one wrote instead of
+    writing it again. The lock goes with the process, so a killed holder never leaves it stuck."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = False) -> None:

@@ -16,6 +16,7 @@ from .config import ConfigError, load_yaml
 from .data.cards import DatasetCard
 from .data.embeddings import ClipEmbeddings, compute_clip_embeddings, load_cache, save_cache, weights_fingerprint
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
+from .io import exclusive_lock
 from .models.clip import CLIP
 from .models.registry import create_model
 from .pipelines.unclip import ClipEncoder, UnclipPipeline
@@ -231,20 +232,21 @@ def cached_clip_embeddings(
     clip_run = Path(clip_run)
     fingerprint = weights_fingerprint(run_weights(clip_run))
     path = clip_run / "embeddings" / f"{card.name}-{split}.safetensors"
-    cached = load_cache(path, fingerprint)
-    if cached is not None:
-        return cached
-    clip = load_checkpoint(clip_run)
-    data = read_run_config(clip_run).get("data", {})
-    result = compute_clip_embeddings(
-        clip,
-        card,
-        split,
-        image_size=int(data.get("image_size", clip.cfg.vision.img_size)),
-        mean=tuple(data["mean"]),
-        std=tuple(data["std"]),
-        tokenizer=ClipTokenizer(context_length=clip.cfg.text.context_length),
-        progress=progress,
-    )
-    save_cache(result, path, fingerprint=fingerprint, dataset=card.name, split=split)
-    return result
+    with exclusive_lock(path.with_name(f".{path.name}.lock")):  # a prior and a decoder started together: one builds
+        cached = load_cache(path, fingerprint)
+        if cached is not None:
+            return cached
+        clip = load_checkpoint(clip_run)
+        data = read_run_config(clip_run).get("data", {})
+        result = compute_clip_embeddings(
+            clip,
+            card,
+            split,
+            image_size=int(data.get("image_size", clip.cfg.vision.img_size)),
+            mean=tuple(data["mean"]),
+            std=tuple(data["std"]),
+            tokenizer=ClipTokenizer(context_length=clip.cfg.text.context_length),
+            progress=progress,
+        )
+        save_cache(result, path, fingerprint=fingerprint, dataset=card.name, split=split)
+        return result

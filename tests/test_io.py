@@ -8,6 +8,7 @@ import io
 import json
 import os
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from multimodal.io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    exclusive_lock,
 )
 
 RESULT = {"checkpoint": "runs/clip", "results": {"top1": 0.8125, "name": "café ☕"}, "steps": [1, 2]}
@@ -207,3 +209,22 @@ def test_fsync_only_when_asked(tmp_path, monkeypatch, fsync):
     with atomic_path(tmp_path / "a.pt", fsync=fsync) as tmp:
         torch.save(TENSORS, tmp)
     assert len(synced) == (6 if fsync else 0)
+
+
+def test_exclusive_lock_makes_a_second_holder_wait_for_the_first(tmp_path):
+    lock = tmp_path / "sub" / ".cache.lock"
+    order: list[str] = []
+    with exclusive_lock(lock):
+        waiter = threading.Thread(target=lambda: exclusive_lock_and_note(lock, order))
+        waiter.start()
+        waiter.join(timeout=0.5)
+        assert waiter.is_alive() and order == []  # still waiting: the lock is held here
+        order.append("first released")
+    waiter.join(timeout=10)
+    assert order == ["first released", "second held"]
+    assert lock.is_file()
+
+
+def exclusive_lock_and_note(lock: Path, order: list[str]) -> None:
+    with exclusive_lock(lock):  # flock locks belong to the open file, so another open() here waits as a process would
+        order.append("second held")

@@ -3,6 +3,7 @@ and the tokenizer a GATO run saved."""
 
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -123,6 +124,37 @@ def test_clip_embeddings_are_cached_in_the_run_until_its_weights_change(tmp_path
     changed = cached_clip_embeddings(run, card, "heldout")
     assert changed.keys == first.keys and not torch.allclose(changed.image_embeds, first.image_embeds)
     assert cache_metadata(path)["weights_sha256"] == weights_fingerprint(run / "model.safetensors")
+
+
+def _embed_and_note(run: Path, card_dir: Path, builds: Path) -> None:
+    import multimodal.runs
+
+    compute = multimodal.runs.compute_clip_embeddings
+
+    def noted(*args: Any, **kwargs: Any) -> Any:
+        with open(builds, "a") as f:
+            f.write("built\n")
+        return compute(*args, **kwargs)
+
+    multimodal.runs.compute_clip_embeddings = noted
+    cached_clip_embeddings(run, load_card(card_dir), "heldout")
+
+
+def test_two_processes_asking_for_the_same_embeddings_build_them_once(tmp_path, tiny_shapes):
+    torch.manual_seed(0)
+    clip = create_model("clip_nano", **CLIP_ARGS)
+    run = write_run(tmp_path / "clip", clip, "clip_nano", CLIP_ARGS,
+                    task={"name": "clip"}, data={"image_size": 32, "mean": MEAN, "std": STD})  # fmt: skip
+    builds = tmp_path / "builds.txt"
+    spawn = multiprocessing.get_context("spawn")  # a fork of a process that ran torch can deadlock in its thread pool
+    procs = [spawn.Process(target=_embed_and_note, args=(run, tiny_shapes, builds)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert builds.read_text() == "built\n"  # the second waited for the first's cache and read it
+    assert len(cached_clip_embeddings(run, load_card(tiny_shapes), "heldout")) == 32
 
 
 def test_gato_tokenizer_of_a_run_is_the_one_it_saved(tmp_path):
