@@ -15,16 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, ImageDraw
 
 from multimodal.config import ConfigError
 from multimodal.evaluation import evaluate_generation
 from multimodal.generate import load_pipeline
-from multimodal.io import atomic_save_image
 from multimodal.runs import read_run_config
 
 from .common import AUTO_DEVICE, AUTO_DEVICE_HELP, add_common_options, cli_parser, run_cli, write_result
 from .generation import load_judge
+from .plot import PALETTE, Series, line_plot
 
 __all__ = ["main", "plot_curve"]
 
@@ -37,39 +36,12 @@ def _wall_seconds(run: Path) -> float:
 
 
 def plot_curve(points: list[dict[str, Any]], path: Path, *, goal: float | None = 0.8) -> None:
-    """A line plot of seen and held-out prompt accuracy against minutes, drawn with PIL (no plotting library)."""
-    W, H, left, right, top, bottom = 640, 400, 60, 20, 30, 50
-    img = Image.new("RGB", (W, H), "white")
-    d = ImageDraw.Draw(img)
-    x_max = max(p["minutes"] for p in points) * 1.05
-
-    def xy(minutes: float, acc: float) -> tuple[float, float]:
-        return left + (W - left - right) * minutes / x_max, H - bottom - (H - top - bottom) * acc
-
-    d.rectangle([left, top, W - right, H - bottom], outline="black")
-    for k in range(0, 11, 2):
-        y = xy(0, k / 10)[1]
-        d.line([left - 4, y, left, y], fill="black")
-        d.text((left - 34, y - 6), f"{k / 10:.1f}", fill="black")
-    step = 10 if x_max <= 120 else 30
-    for m in range(0, int(x_max) + 1, step):
-        x = xy(m, 0)[0]
-        d.line([x, H - bottom, x, H - bottom + 4], fill="black")
-        d.text((x - 8, H - bottom + 8), str(m), fill="black")
-    d.text((W // 2 - 70, H - 22), "training minutes (whole stack)", fill="black")
-    d.text((left, 8), "prompt accuracy (colour and shape right, judged by a classifier)", fill="black")
-    if goal is not None:
-        y = xy(0, goal)[1]
-        d.line([left, y, W - right, y], fill=(160, 160, 160), width=1)
-        d.text((W - right - 40, y - 14), f"goal {goal}", fill=(120, 120, 120))
-    for key, color in (("seen", (200, 30, 30)), ("heldout", (30, 80, 230))):
-        pts = [xy(p["minutes"], p[key]) for p in points]
-        d.line(pts, fill=color, width=2)
-        for x, y in pts:
-            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
-        d.text((pts[-1][0] - 60, pts[-1][1] - 16), key, fill=color)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save_image(img, path)
+    """A line plot of seen and held-out prompt accuracy against the stack's training minutes."""
+    series = [Series(key, [(p["minutes"], p[key]) for p in points], color) for key, color in
+              (("seen", PALETTE[0]), ("heldout", PALETTE[1]))]  # fmt: skip
+    title = "prompt accuracy (colour and shape right, judged by a classifier)"
+    goals = () if goal is None else (goal,)
+    line_plot(series, path, title=title, x_label="training minutes (whole stack)", goals=goals, legend=False)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -35,7 +35,7 @@ def test_plot_curve_writes_a_png(tmp_path):
     points = [{"minutes": 30.0, "seen": 0.2, "heldout": 0.1}, {"minutes": 60.0, "seen": 0.5, "heldout": 0.2}]
     plot_curve(points, tmp_path / "curve.png")
     img = Image.open(tmp_path / "curve.png")
-    assert img.size == (640, 400)
+    assert img.size == (720, 440)
     colours = np.unique(np.asarray(img.convert("RGB")).reshape(-1, 3), axis=0)
     assert len(colours) > 3  # background, axes, two coloured lines
 

@@ -1,0 +1,89 @@
+"""Accuracy curves as PNG line plots, drawn with PIL (no plotting library): y in [0, 1], x from 0 to the largest x.
+
+``eval.generation_curve`` plots prompt accuracy against the stack's training minutes with it, and
+``bench/curves.py --plot`` zero-shot accuracy against a run's wall-clock minutes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from multimodal.io import atomic_save_image
+
+__all__ = ["PALETTE", "Series", "line_plot"]
+
+PALETTE = ((200, 30, 30), (30, 80, 230), (30, 150, 60), (230, 130, 20), (140, 50, 180), (90, 90, 90))
+_DASH = 6  # pixels on, then off, of a dashed line
+
+
+@dataclass(frozen=True)
+class Series:
+    label: str
+    points: list[tuple[float, float]]  # (x, y), y in [0, 1]
+    color: tuple[int, int, int] = PALETTE[0]
+    dashed: bool = False
+
+
+def _dashed(draw: ImageDraw.ImageDraw, pts: list[tuple[float, float]], color: tuple[int, int, int]) -> None:
+    for (x0, y0), (x1, y1) in itertools.pairwise(pts):
+        length = max(1.0, math.hypot(x1 - x0, y1 - y0))
+        for start in range(0, int(length), 2 * _DASH):
+            a, b = start / length, min(1.0, (start + _DASH) / length)
+            segment = [x0 + a * (x1 - x0), y0 + a * (y1 - y0), x0 + b * (x1 - x0), y0 + b * (y1 - y0)]
+            draw.line(segment, fill=color, width=2)
+
+
+def line_plot(
+    series: list[Series], path: Path, *, title: str, x_label: str, goals: tuple[float, ...] = (), legend: bool = True
+) -> None:
+    """Draw ``series`` (lines with dots) on one pair of axes and save the PNG atomically at ``path``.
+
+    ``goals`` are drawn as grey horizontal lines; ``legend`` lists the labels top left, else each label is written
+    beside its last point."""
+    if not any(s.points for s in series):
+        raise ValueError("nothing to plot: every series is empty")
+    W, H, left, right, top, bottom = 720, 440, 60, 20, 30, 50
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    x_max = max(x for s in series for x, _ in s.points) * 1.05 or 1.0
+
+    def xy(x: float, y: float) -> tuple[float, float]:
+        return left + (W - left - right) * x / x_max, H - bottom - (H - top - bottom) * y
+
+    d.rectangle([left, top, W - right, H - bottom], outline="black")
+    for k in range(0, 11, 2):
+        y = xy(0, k / 10)[1]
+        d.line([left - 4, y, left, y], fill="black")
+        d.text((left - 34, y - 6), f"{k / 10:.1f}", fill="black")
+    tick = next(t for t in (1, 2, 5, 10, 20, 30, 60, 120, 10**9) if x_max / t <= 12)
+    for m in range(0, int(x_max) + 1, tick):
+        x = xy(m, 0)[0]
+        d.line([x, H - bottom, x, H - bottom + 4], fill="black")
+        d.text((x - 8, H - bottom + 8), str(m), fill="black")
+    d.text((W // 2 - 4 * len(x_label), H - 22), x_label, fill="black")
+    d.text((left, 8), title, fill="black")
+    for goal in goals:
+        y = xy(0, goal)[1]
+        d.line([left, y, W - right, y], fill=(160, 160, 160), width=1)
+        d.text((W - right - 60, y - 14), f"goal {goal}", fill=(120, 120, 120))
+    for i, s in enumerate(series):
+        pts = [xy(x, y) for x, y in s.points]
+        if s.dashed:
+            _dashed(d, pts, s.color)
+        elif len(pts) > 1:
+            d.line(pts, fill=s.color, width=2)
+        for x, y in pts:
+            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=s.color)
+        if legend:
+            y = top + 8 + 14 * i
+            d.line([left + 10, y + 6, left + 30, y + 6], fill=s.color, width=2)
+            d.text((left + 36, y), s.label, fill=s.color)
+        elif pts:
+            d.text((pts[-1][0] - 60, pts[-1][1] - 16), s.label, fill=s.color)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save_image(img, path)
