@@ -29,6 +29,11 @@ class Series:
     dashed: bool = False
 
 
+def _solid(draw: ImageDraw.ImageDraw, pts: list[tuple[float, float]], color: tuple[int, int, int]) -> None:
+    if len(pts) > 1:
+        draw.line(pts, fill=color, width=2)
+
+
 def _dashed(draw: ImageDraw.ImageDraw, pts: list[tuple[float, float]], color: tuple[int, int, int]) -> None:
     for (x0, y0), (x1, y1) in itertools.pairwise(pts):
         length = max(1.0, math.hypot(x1 - x0, y1 - y0))
@@ -43,8 +48,8 @@ def line_plot(
 ) -> None:
     """Draw ``series`` (lines with dots) on one pair of axes and save the PNG atomically at ``path``.
 
-    ``goals`` are drawn as grey horizontal lines; ``legend`` lists the labels top left, else each label is written
-    beside its last point."""
+    ``goals`` are drawn as grey horizontal lines; ``legend`` lists the labels in the lower right corner, else each
+    label is written beside its last point."""
     if not any(s.points for s in series):
         raise ValueError("nothing to plot: every series is empty")
     W, H, left, right, top, bottom = 720, 440, 60, 20, 30, 50
@@ -70,19 +75,17 @@ def line_plot(
     for goal in goals:
         y = xy(0, goal)[1]
         d.line([left, y, W - right, y], fill=(160, 160, 160), width=1)
-        d.text((W - right - 60, y - 14), f"goal {goal}", fill=(120, 120, 120))
+        d.text((left + 4, y - 12), f"goal {goal}", fill=(120, 120, 120))
     for i, s in enumerate(series):
         pts = [xy(x, y) for x, y in s.points]
-        if s.dashed:
-            _dashed(d, pts, s.color)
-        elif len(pts) > 1:
-            d.line(pts, fill=s.color, width=2)
+        (_dashed if s.dashed else _solid)(d, pts, s.color)
         for x, y in pts:
             d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=s.color)
-        if legend:
-            y = top + 8 + 14 * i
-            d.line([left + 10, y + 6, left + 30, y + 6], fill=s.color, width=2)
-            d.text((left + 36, y), s.label, fill=s.color)
+        if legend:  # lower right, where rising accuracy curves leave room
+            y = H - bottom - 14 * (len(series) - i) - 6
+            x = W - right - 8 - 7 * max(len(t.label) for t in series) - 30
+            (_dashed if s.dashed else _solid)(d, [(x, y + 6), (x + 22, y + 6)], s.color)
+            d.text((x + 28, y), s.label, fill=s.color)
         elif pts:
             d.text((pts[-1][0] - 60, pts[-1][1] - 16), s.label, fill=s.color)
     path.parent.mkdir(parents=True, exist_ok=True)

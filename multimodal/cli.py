@@ -145,8 +145,8 @@ def keep_freed_memory() -> bool:
 
     By default glibc maps every large allocation afresh and unmaps it when freed, and gives the top of its heap back
     beyond 128 KiB: a training step's activations and gradients, tens of MiB allocated and freed each step, then
-    page-fault back in (the clip_nano shapes step, 2 threads: 15,000 minor faults and 196 ms a step; with this, 30
-    to 70 faults and 177 ms, three runs each).
+    page-fault back in (the clip_nano shapes step, 2 threads: 15,000 minor faults and a median 196 ms a step; with
+    this, 30 to 80 faults and 179 ms; six runs each).
     The cost: up to 1 GiB of freed memory stays with the process. ``train.keep_freed_memory=false`` leaves glibc as is.
     """
     if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
