@@ -19,8 +19,9 @@ setup: $(STAMP)
 #   1. a CLIP (configs/clip/shapes.yaml, 1,200 steps, 2 text layers of 4: 18% less time a step, as accurate by step)
 #      beside the judge classifier (configs/vit/shapes.yaml);
 #      then the CLIP's zero-shot evaluation;
-#   2. unCLIP on that CLIP: the decoder (short run of configs/unclip/shapes-decoder.yaml) beside the prior (of
-#      shapes-prior.yaml; the upsampler is left out, as a 300-step one does not yet beat bicubic);
+#   2. unCLIP on that CLIP: the decoder (short run of configs/unclip/shapes-decoder.yaml, no evaluation of its own:
+#      step 3 judges it) beside the prior (of shapes-prior.yaml; the upsampler is left out, as a 300-step one does
+#      not yet beat bicubic);
 #   3. a grid of the decoder's 16 px images for six prompts (shown at 128 px, each row labelled), and the prompt
 #      accuracy the judge gives the generated images.
 # The job beside writes its output to runs/<name>.log and shows its last lines when it ends; `make demo` fails if
@@ -46,8 +47,8 @@ demo: setup
 			train.threads=1 train.progress=false train.steps=$(DEMO_PRIOR_STEPS) optim.warmup_steps=20 \
 			task.eval_samples=100 run.overwrite=true,\
 		$(DEMO_TRAIN) configs/unclip/shapes-decoder.yaml task.clip=runs/clip-shapes-demo \
-			run.out_dir=runs/unclip-demo/decoder train.threads=1 train.steps=$(DEMO_DECODER_STEPS) train.eval_every=0 \
-			run.overwrite=true)
+			run.out_dir=runs/unclip-demo/decoder train.threads=1 train.steps=$(DEMO_DECODER_STEPS) \
+			data.eval_split=null run.overwrite=true)
 	$(PY) -m multimodal.generate --checkpoint runs/unclip-demo $(DEMO_PROMPTS) --n 6 --no-upsample \
 		--out runs/unclip-demo/grid.png
 	$(PY) -m eval.generation --checkpoint runs/unclip-demo --judge runs/judge-shapes-demo --n 2 --no-ablation
