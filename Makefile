@@ -22,7 +22,7 @@ setup: $(STAMP)
 #   2. unCLIP on that CLIP: the decoder (short run of configs/unclip/shapes-decoder.yaml, no evaluation of its own:
 #      step 3 judges it) beside the prior (of shapes-prior.yaml; the upsampler is left out, as a 300-step one does
 #      not yet beat bicubic);
-#   3. a grid of the decoder's 16 px images for six prompts (shown at 128 px, each row labelled), and the prompt
+#   3. a grid of the decoder's 16 px images for six prompts (shown at 128 px, each row labelled) beside the prompt
 #      accuracy the judge gives the generated images.
 # The job beside writes its output to runs/<name>.log and shows its last lines when it ends; `make demo` fails if
 # either job does.
@@ -32,7 +32,7 @@ DEMO_DECODER_STEPS ?= 500
 DEMO_PROMPTS := "a red circle" "a green square" "a blue triangle" "a yellow star" "a purple diamond" "an orange cross"
 DEMO_TRAIN := $(PY) -m training.train
 # $(call beside,LOG,BACKGROUND COMMAND,FOREGROUND COMMAND): both at once, the first's output to LOG
-beside = mkdir -p runs; echo "in the background, output to $(1):$(2)"; $(2) > $(1) 2>&1 & bg=$$!; $(3); fg=$$?; \
+beside = mkdir -p runs; echo 'in the background, output to $(1):$(2)'; $(2) > $(1) 2>&1 & bg=$$!; $(3); fg=$$?; \
 	wait $$bg; bg=$$?; tail -n 3 $(1); [ $$bg = 0 ] || echo "error: the job beside failed; see $(1)" >&2; \
 	[ $$fg = 0 ] && [ $$bg = 0 ]
 demo: setup
@@ -49,9 +49,11 @@ demo: setup
 		$(DEMO_TRAIN) configs/unclip/shapes-decoder.yaml task.clip=runs/clip-shapes-demo \
 			run.out_dir=runs/unclip-demo/decoder train.threads=1 train.steps=$(DEMO_DECODER_STEPS) \
 			data.eval_split=null run.overwrite=true)
-	$(PY) -m multimodal.generate --checkpoint runs/unclip-demo $(DEMO_PROMPTS) --n 6 --no-upsample \
-		--out runs/unclip-demo/grid.png
-	$(PY) -m eval.generation --checkpoint runs/unclip-demo --judge runs/judge-shapes-demo --n 2 --no-ablation
+	@$(call beside,runs/unclip-demo-grid.log,\
+		$(PY) -m multimodal.generate --checkpoint runs/unclip-demo $(DEMO_PROMPTS) --n 6 --no-upsample --threads 1 \
+			--out runs/unclip-demo/grid.png,\
+		$(PY) -m eval.generation --checkpoint runs/unclip-demo --judge runs/judge-shapes-demo --n 2 --no-ablation \
+			--threads 1)
 
 demo-vit: setup
 	$(PY) -m training.train configs/vit/shapes.yaml run.overwrite=true
