@@ -26,6 +26,7 @@ from typing import Any, Literal
 import webdataset as wds
 
 from ..config import Config, ConfigError, load_yaml, suggest
+from ..io import exclusive_lock
 from .stream import expected_count
 from .transforms import IMAGE_KEYS
 
@@ -291,7 +292,8 @@ def _folder_card(path: Path) -> DatasetCard:
 def ensure_dataset(card: DatasetCard, *, progress: bool = False) -> None:
     """Build a generated dataset (``card.generator``) if its files are missing; a no-op otherwise.
 
-    The card's ``generator_args`` are passed to the generator as keyword arguments.
+    The card's ``generator_args`` are passed to the generator as keyword arguments. Processes that build the same
+    dataset at once take turns (a file lock in its directory), so it is rendered once.
     """
     if card.generator is None:
         return
@@ -301,4 +303,7 @@ def ensure_dataset(card: DatasetCard, *, progress: bool = False) -> None:
         inspect.signature(build).bind(card.root_dir, progress=progress, **card.generator_args)
     except TypeError as e:
         raise ConfigError(f"dataset {card.name!r}: generator_args do not fit generate_{card.generator}: {e}") from None
-    build(card.root_dir, progress=progress, **card.generator_args)
+    # Two jobs started together (make demo's CLIP and judge) would otherwise render into the same temporary files:
+    # the second waits, then finds the dataset complete.
+    with exclusive_lock(Path(card.root_dir) / ".build.lock"):
+        build(card.root_dir, progress=progress, **card.generator_args)

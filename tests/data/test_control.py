@@ -1,4 +1,5 @@
 import dataclasses
+import threading
 import json
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import yaml
 
 from multimodal.config import ConfigError
 from multimodal.data import control, ensure_dataset, load_card, shards
+from multimodal.io import exclusive_lock
 from multimodal.data.control import (
     ENVS,
     Episode,
@@ -252,3 +254,19 @@ def test_ensure_dataset_passes_generator_args(tmp_path):
     wrong = dataclasses.replace(loaded, generator_args={"env": "Pendulum-v1"})
     with pytest.raises(ConfigError, match="generator_args do not fit generate_control"):
         ensure_dataset(wrong)
+
+
+def test_ensure_dataset_waits_for_another_builder_of_the_same_dataset(tmp_path):
+    card = yaml.safe_load((CARDS / "pendulum.yaml").read_text())
+    card.update(root=str(tmp_path / "data"), generator_args={"env_id": "Pendulum-v1", **TINY})
+    card["splits"]["train"]["num_samples"] = 3
+    card["splits"]["test"]["num_samples"] = 2
+    (tmp_path / "card.yaml").write_text(yaml.safe_dump(card))
+    loaded = load_card(tmp_path / "card.yaml")
+    builder = threading.Thread(target=ensure_dataset, args=(loaded,))
+    with exclusive_lock(tmp_path / "data" / ".build.lock"):  # another process rendering it, as far as flock knows
+        builder.start()
+        builder.join(timeout=1.0)
+        assert builder.is_alive() and not (tmp_path / "data" / "train").exists()
+    builder.join(timeout=120)
+    assert not builder.is_alive() and len(read_episodes(loaded, "train")) == 3
