@@ -16,8 +16,8 @@ setup: $(STAMP)
 
 # The whole suite on the shapes data in short schedules, two jobs at a time on 1 thread each (two 1-thread jobs side
 # by side get 1.7x the work of one 2-thread job done on 2 cores: these small models do not scale to 2 threads):
-#   1. a CLIP (configs/clip/shapes.yaml, 1,200 steps, 2 text layers of 4: 18% less time a step, as accurate by step)
-#      beside the judge classifier (configs/vit/shapes.yaml);
+#   1. a CLIP (configs/clip/shapes.yaml, 1,200 steps, 2 text layers of 4: 18% less time a step; README has the
+#      accuracy it gives up) beside the judge classifier (configs/vit/shapes.yaml);
 #      then the CLIP's zero-shot evaluation;
 #   2. unCLIP on that CLIP: the decoder (short run of configs/unclip/shapes-decoder.yaml, no evaluation of its own:
 #      step 3 judges it) beside the prior (of shapes-prior.yaml; the upsampler is left out, as a 300-step one does

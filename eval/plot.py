@@ -76,16 +76,19 @@ def line_plot(
         y = xy(0, goal)[1]
         d.line([left, y, W - right, y], fill=(160, 160, 160), width=1)
         d.text((left + 4, y - 12), f"goal {goal}", fill=(120, 120, 120))
+    legend_x = (
+        W - right - 8 - 7 * max(len(s.label) for s in series) - 30
+    )  # lower right, where rising curves leave room
     for i, s in enumerate(series):
+        draw_line = _dashed if s.dashed else _solid
         pts = [xy(x, y) for x, y in s.points]
-        (_dashed if s.dashed else _solid)(d, pts, s.color)
+        draw_line(d, pts, s.color)
         for x, y in pts:
             d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=s.color)
-        if legend:  # lower right, where rising accuracy curves leave room
+        if legend:
             y = H - bottom - 14 * (len(series) - i) - 6
-            x = W - right - 8 - 7 * max(len(t.label) for t in series) - 30
-            (_dashed if s.dashed else _solid)(d, [(x, y + 6), (x + 22, y + 6)], s.color)
-            d.text((x + 28, y), s.label, fill=s.color)
+            draw_line(d, [(legend_x, y + 6), (legend_x + 22, y + 6)], s.color)
+            d.text((legend_x + 28, y), s.label, fill=s.color)
         elif pts:
             d.text((pts[-1][0] - 60, pts[-1][1] - 16), s.label, fill=s.color)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -237,13 +237,18 @@ def test_noisy_demonstrations_leave_the_expert_path_but_carry_the_expert_labels(
         generate_control(tmp_path / "bad", env_id="CartPole-v1", **TINY, action_noise=1.5)
 
 
-def test_ensure_dataset_passes_generator_args(tmp_path):
+def tiny_pendulum_card(tmp_path):
+    """The Pendulum card with 3 train and 2 test episodes, built under tmp_path/data (not yet built)."""
     card = yaml.safe_load((CARDS / "pendulum.yaml").read_text())
     card.update(root=str(tmp_path / "data"), generator_args={"env_id": "Pendulum-v1", **TINY})
     card["splits"]["train"]["num_samples"] = 3
     card["splits"]["test"]["num_samples"] = 2
     (tmp_path / "card.yaml").write_text(yaml.safe_dump(card))
-    loaded = load_card(tmp_path / "card.yaml")
+    return load_card(tmp_path / "card.yaml")
+
+
+def test_ensure_dataset_passes_generator_args(tmp_path):
+    loaded = tiny_pendulum_card(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"control --out .* --env-id Pendulum-v1 --episodes 3"):
         loaded.shard_urls("train")
     ensure_dataset(loaded)
@@ -257,12 +262,7 @@ def test_ensure_dataset_passes_generator_args(tmp_path):
 
 
 def test_ensure_dataset_waits_for_another_builder_of_the_same_dataset(tmp_path):
-    card = yaml.safe_load((CARDS / "pendulum.yaml").read_text())
-    card.update(root=str(tmp_path / "data"), generator_args={"env_id": "Pendulum-v1", **TINY})
-    card["splits"]["train"]["num_samples"] = 3
-    card["splits"]["test"]["num_samples"] = 2
-    (tmp_path / "card.yaml").write_text(yaml.safe_dump(card))
-    loaded = load_card(tmp_path / "card.yaml")
+    loaded = tiny_pendulum_card(tmp_path)
     builder = threading.Thread(target=ensure_dataset, args=(loaded,))
     with exclusive_lock(tmp_path / "data" / ".build.lock"):  # another process rendering it, as far as flock knows
         builder.start()
