@@ -118,3 +118,30 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subproce
         [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
     )  # fmt: skip
+
+
+def free_port() -> int:
+    """A TCP port of this machine that nothing listens on now, for a launch's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(
+    recipe: dict, tmp_path: Path, *overrides: str, processes: int = 2, module: str = "training.train",
+    config: str | None = None,
+):  # fmt: skip
+    """``accelerate launch`` of ``processes`` gloo workers on ``recipe`` (one process: plain ``python -m``), with
+    ``--multi_gpu`` or the launch ``config`` file; the finished process."""
+    path = write_recipe(tmp_path / f"recipe-{len(list(tmp_path.glob('recipe-*')))}.yaml", recipe)
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    how = ["--config_file", config] if config else ["--multi_gpu"]
+    command = [
+        accelerate, "launch", *how, "--num_processes", str(processes), "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+    ] if processes > 1 else [sys.executable]  # fmt: skip
+    command += ["-m", module, str(path), *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
 from .config import TrainConfig
 
@@ -24,10 +24,11 @@ class LaunchError(ValueError):
     """The processes of a launch do not form the world it asked for. The message says how to launch instead."""
 
 
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
+def make_accelerator(cfg: TrainConfig, *, find_unused_parameters: bool = False) -> Accelerator:
     """The Accelerator of a recipe. Under ``train.fsdp`` it launches and reduces, and the trainer shards the model
     itself, with one policy on GPUs and CPUs: an Accelerate launch config asking for FSDP is taken as that request,
-    and refused without it."""
+    and refused without it. ``find_unused_parameters``: DDP looks, each step, for parameters the synchronised backward
+    did not reach (a task whose steps may leave some without a gradient needs it)."""
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
         if not cfg.train.fsdp:
             raise LaunchError(
@@ -43,6 +44,9 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         mixed_precision=cfg.train.precision,
         gradient_accumulation_steps=cfg.optim.accum,
         log_with=list(cfg.train.log_with) or None,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]
+        if find_unused_parameters
+        else None,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
     )
 

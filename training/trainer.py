@@ -30,7 +30,7 @@ from .optim import build_optimizer, build_scheduler
 from .preemption import Preemption
 from .resume import TrainState, clear_run, match_world_size, restore_checkpoint, resume_checkpoint
 from .sharding import local_bytes, shard_model, unsharded
-from .tasks import build_task
+from .tasks import TASKS, build_task
 
 __all__ = ["MAX_EMPTY_BATCHES", "Trainer", "train"]
 
@@ -60,7 +60,9 @@ class Trainer:
         if self.model is not None:
             return
         warn_ignored_num_processes()
-        self.acc = make_accelerator(self.cfg)
+        self.acc = make_accelerator(
+            self.cfg, find_unused_parameters=not TASKS[self.cfg.task.name].uses_every_parameter
+        )
         refuse_lone_worker(self.acc)  # WORLD_SIZE > 1 yet alone: a one-line error, before anything is written
         if (world := check_world(self.acc)) > 1:  # one all-reduce of the rank ids proves the world from inside
             self.acc.print(f"process group checked: {world} processes answered an all-reduce of their rank ids")

@@ -5,9 +5,6 @@ another, and one-line refusals of what it cannot do."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from multimodal import create_model
-from tests.conftest import REPO, TINY_CLIP, run_cli, tiny_recipe, train_recipe, write_recipe
-from tests.reliability.test_distributed_faults import _free_port
+from tests.conftest import REPO, TINY_CLIP, launch, run_cli, tiny_recipe, train_recipe, write_recipe
 from tests.training.test_clip_task import clip_recipe
 from tests.training.test_gato_task import control_cards  # noqa: F401 (a fixture)
 from tests.training.test_gato_task import recipe as gato_recipe
@@ -26,26 +22,6 @@ from training.launch import LaunchError, make_accelerator
 from training.sharding import shard_units
 
 STEPS = 20
-
-
-def launch(
-    recipe: dict, tmp_path: Path, *overrides: str, processes: int = 2, module: str = "training.train",
-    config: str | None = None,
-):  # fmt: skip
-    """``accelerate launch`` of ``processes`` gloo workers on ``recipe`` (one process: plain ``python -m``), with
-    ``--multi_gpu`` or the launch ``config`` file; the finished process."""
-    path = write_recipe(tmp_path / f"recipe-{len(list(tmp_path.glob('recipe-*')))}.yaml", recipe)
-    accelerate = str(Path(sys.executable).with_name("accelerate"))
-    how = ["--config_file", config] if config else ["--multi_gpu"]
-    command = [
-        accelerate, "launch", *how, "--num_processes", str(processes), "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-    ] if processes > 1 else [sys.executable]  # fmt: skip
-    command += ["-m", module, str(path), *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    return done
 
 
 def losses(run: Path) -> list[float]:

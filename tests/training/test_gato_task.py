@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from eval import caption as eval_caption
 from eval import control as eval_control
@@ -17,7 +18,7 @@ from multimodal.config import ConfigError
 from multimodal.data.control import generate_control
 from multimodal.tokenizers import SubsetTokenizer
 from multimodal.tokenizers.gato import Modality
-from tests.conftest import REPO
+from tests.conftest import REPO, launch
 from training.config import TrainConfig
 from training.tasks.gato import GatoTask, split_batch
 from training.train import train
@@ -159,6 +160,26 @@ def test_a_tiny_run_trains_and_evaluates(
     assert eval_caption.main(["--checkpoint", str(out), "--samples", "8"]) == 0
     captions = json.loads((out / "eval" / "caption_tiny-shapes.json").read_text())["results"]["test"]
     assert captions["n"] == 8 and 0.0 <= captions["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("images", [True, False], ids=["captions-and-control", "control-only"])
+def test_two_ddp_processes_keep_equal_replicas_when_a_part_leaves_the_patch_encoder_unused(
+    tiny_shapes: Path, control_cards: dict[str, Path], tmp_path: Path, images: bool
+) -> None:
+    """A control part never reaches the image patch encoder; DDP must still reduce every gradient (it raised
+    "Expected to have finished reduction" before the task asked it to find unused parameters)."""
+    cfg = recipe(tiny_shapes, control_cards, tmp_path / "run", steps=4, checkpoint_every=0)
+    cfg["data"]["eval_split"] = None
+    if not images:
+        cfg["task"]["mixture"] = {str(card): 0.5 for card in control_cards.values()}
+    launch(cfg, tmp_path, str(tmp_path / "weights"), module="tests.training.ddp_probe")
+    initial, *final = (
+        load_file(tmp_path / "weights" / f"{n}.safetensors") for n in ("initial-0", "final-0", "final-1")
+    )
+    assert all(torch.equal(final[0][k], final[1][k]) for k in initial)  # replicas equal: every gradient reduced
+    moved = {k for k in initial if not torch.equal(initial[k], final[0][k])}
+    patch = {k for k in initial if k.startswith(("patch_embed.", "patch_row.", "patch_col."))}
+    assert moved == (set(initial) if images else set(initial) - patch)  # no gradient, no update
 
 
 def test_the_recipe_loads() -> None:

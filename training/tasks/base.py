@@ -53,6 +53,9 @@ class Task(ABC):
 
     Options: ClassVar[type[TaskConfig]]  # the ``task:`` section of this family's recipes
     reads_dataset: ClassVar[bool] = True  # whether it trains on ``data.dataset`` (kept as ``self.card``)
+    # False where a step's synchronised backward may leave parameters without a gradient (GATO: a control part, the
+    # last of its step, never reaches the image patch encoder); DDP then finds them each step and reduces them too
+    uses_every_parameter: ClassVar[bool] = True
 
     def __init__(self, cfg: TrainConfig, acc: Accelerator | None) -> None:
         self.cfg = cfg

@@ -93,6 +93,7 @@ class GatoTask(Task):
 
     Options = GatoOptions
     reads_dataset = False  # it reads the cards of task.mixture
+    uses_every_parameter = False  # a control part never reaches the image patch encoder
 
     def __init__(self, cfg: TrainConfig, acc=None) -> None:
         super().__init__(cfg, acc)
