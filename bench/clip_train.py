@@ -41,6 +41,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import open_clip
@@ -48,6 +49,9 @@ import open_clip.loss
 import torch
 from torch import Tensor, nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench.* when run as a script
+
+from bench.profile_step import matmul_ceiling
 from multimodal.losses import ClipLoss
 from multimodal.models.clip import CLIP
 from training.config import OptimConfig
@@ -229,6 +233,79 @@ def profile_step(args: argparse.Namespace, precision: str, name: str) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile_rows))
 
 
+def _product(name: str, shapes: list[list[int]]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None:
+    """(A, B, bias) shapes of a profiled mm/addmm/bmm/baddbmm call (bias () for none), or None if not a product."""
+    if name in ("aten::mm", "aten::bmm") and len(shapes) >= 2:
+        return tuple(shapes[0]), tuple(shapes[1]), ()
+    if name in ("aten::addmm", "aten::baddbmm") and len(shapes) >= 3:
+        return tuple(shapes[1]), tuple(shapes[2]), tuple(shapes[0])
+    return None
+
+
+def _isolated_seconds(a: tuple[int, ...], b: tuple[int, ...], bias: tuple[int, ...], dtype: torch.dtype) -> float:
+    """Best time of one product of these shapes alone (random operands, contiguous), as the step would call it."""
+    x, y = torch.randn(a).to(dtype), torch.randn(b).to(dtype)
+    c = torch.randn(bias).to(dtype) if bias else None
+    if len(a) == 3:
+        run = (lambda: torch.baddbmm(c, x, y)) if c is not None else (lambda: torch.bmm(x, y))
+    else:
+        run = (lambda: torch.addmm(c, x, y)) if c is not None else (lambda: torch.mm(x, y))
+    for _ in range(3):
+        run()
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(5):
+            run()
+        best = min(best, (time.perf_counter() - start) / 5)
+    return best
+
+
+def matmul_shapes(args: argparse.Namespace, precision: str) -> None:
+    """Why the step's matmuls run where they do: each product shape of one profiled step of ours, its GFLOP/s inside
+    the step and alone (same shapes, contiguous random operands, best of 25 calls), against the square ceiling.
+
+    The FLOP-weighted rate of the products alone is the best this step's matmuls could reach with no copies,
+    layouts or cache misses around them: where it is far under the square ceiling, the shapes are the limit."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    step = make_steps(args, precision)[0]["ours"]
+    for _ in range(max(args.warmup, 1)):
+        step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        step()
+    calls: dict[tuple, list[float]] = {}
+    for event in prof.events():
+        product = _product(event.name, event.input_shapes)
+        if product is not None:
+            calls.setdefault((event.name, *product), []).append(event.self_cpu_time_total / 1e6)
+    rows, in_step_s, alone_s, total_flop = [], 0.0, 0.0, 0.0
+    for (name, a, b, bias), seconds in calls.items():
+        flop = 2 * a[-2] * a[-1] * b[-1] * (a[0] if len(a) == 3 else 1)
+        alone = _isolated_seconds(a, b, bias, dtype)
+        rows.append((sum(seconds), name, a, b, len(seconds), flop, sum(seconds) / len(seconds), alone))
+        in_step_s, alone_s, total_flop = (
+            in_step_s + sum(seconds),
+            alone_s + alone * len(seconds),
+            total_flop + flop * len(seconds),
+        )
+    ceiling = matmul_ceiling(dtype, 1024)
+    print(f"\n### {precision} matmuls of one step of ours, by shape (square 1024 ceiling {ceiling:.0f} GFLOP/s)\n")
+    print("| op | A | B | calls | ms in step | GFLOP/s in step | GFLOP/s alone | alone, of ceiling |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for total, name, a, b, count, flop, per_call, alone in sorted(rows, reverse=True):
+        print(
+            f"| {name.removeprefix('aten::')} | {'x'.join(map(str, a))} | {'x'.join(map(str, b))} | {count} "
+            f"| {total * 1e3:.1f} | {flop / per_call / 1e9:.0f} | {flop / alone / 1e9:.0f} "
+            f"| {flop / alone / 1e9 / ceiling:.0%} |"
+        )
+    print(
+        f"\nall products: {total_flop / 1e9:.2f} GFLOP, {in_step_s * 1e3:.1f} ms in the step = "
+        f"{total_flop / in_step_s / 1e9:.0f} GFLOP/s ({total_flop / in_step_s / 1e9 / ceiling:.0%} of the ceiling); "
+        f"the same products alone {alone_s * 1e3:.1f} ms = {total_flop / alone_s / 1e9:.0f} GFLOP/s "
+        f"({total_flop / alone_s / 1e9 / ceiling:.0%} of the ceiling)"
+    )
+
+
 def _cpu_info() -> tuple[str, set[str]]:
     """(CPU model name, CPU flags) from /proc/cpuinfo."""
     model, flags = platform.processor() or "unknown", set()
@@ -299,6 +376,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="print the top ops of one profiled step of ours (or open_clip's, or both) per precision",
     )
     parser.add_argument("--profile-rows", type=int, default=25)
+    parser.add_argument(
+        "--matmul-shapes",
+        action="store_true",
+        help="time each matmul shape of our step alone too, against the square ceiling (what limits the matmuls)",
+    )
     parser.add_argument("--mem-worker", help=argparse.SUPPRESS)  # internal: "name:precision" subprocess mode
     args = parser.parse_args(argv)
     args.precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
@@ -356,6 +438,9 @@ def main() -> None:
             f"| {precision} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f} | {mem_ours:.0f} | {mem_theirs:.0f} "
             f"| {mem_ours / mem_theirs:.2f} |"
         )
+    if args.matmul_shapes:
+        for precision in args.precisions:
+            matmul_shapes(args, precision)
     if args.profile:
         names = ("ours", "open_clip") if args.profile == "both" else (args.profile,)
         for precision in args.precisions:
