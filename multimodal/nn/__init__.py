@@ -4,6 +4,7 @@ from .aa_conv import AAConv2d, aa_conv_channels
 from .attention import Attention, attention
 from .block import Block, LayerScale, build_mlp
 from .drop_path import DropPath, drop_path
+from .hooks import ActivationCache, HookPoint, hook_points, hooks, run_with_cache, run_with_hooks
 from .mlp import Mlp, QuickGELU, SwiGLU, get_act_layer
 from .moe import MoEMlp, switch_load_balancing_loss
 from .norm import RMSNorm, build_norm
@@ -13,10 +14,12 @@ from .transformer import Transformer
 
 __all__ = [
     "AAConv2d",
+    "ActivationCache",
     "Attention",
     "Block",
     "ConvStem",
     "DropPath",
+    "HookPoint",
     "LayerScale",
     "LearnedPositionalEmbedding",
     "Mlp",
@@ -32,6 +35,10 @@ __all__ = [
     "build_norm",
     "drop_path",
     "get_act_layer",
+    "hook_points",
+    "hooks",
+    "run_with_cache",
+    "run_with_hooks",
     "sincos_2d_embedding",
     "sinusoidal_embedding",
     "switch_load_balancing_loss",

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .hooks import HookPoint
+
 
 def attention(
     q: Tensor,
@@ -65,6 +67,11 @@ class Attention(nn.Module):
 
     A query row whose keys are all masked attends to nothing: its attention output is zero (before the output
     projection, so the layer returns ``proj.bias`` there) instead of NaN, and no gradient flows through that row.
+
+    Hook points (:mod:`multimodal.nn.hooks`), shaped as TransformerLens's: ``hook_q``, ``hook_k``, ``hook_v`` and
+    ``hook_z`` (B, N|M, H, D); ``hook_attn_scores`` (scaled, masked with -inf) and ``hook_pattern`` (B, H, N, M),
+    computed explicitly only while hooked (the fused kernel never forms them); ``hook_result`` (B, N, H, C), each
+    head's output through its slice of ``proj`` (bias excluded), only while hooked.
     """
 
     def __init__(
@@ -96,6 +103,8 @@ class Attention(nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        for name in ("q", "k", "v", "attn_scores", "pattern", "z", "result"):
+            setattr(self, f"hook_{name}", HookPoint())
 
     def forward(
         self,
@@ -108,11 +117,18 @@ class Attention(nn.Module):
     ) -> Tensor:
         """Attend from ``x`` (B, N, C) to itself or to ``context`` (B, M, C_ctx); returns (B, N, C)."""
         q, k, v = self._project(x, context, causal)  # 3 x (B, H, N|M, D)
+        if self.hook_q.active() or self.hook_k.active() or self.hook_v.active():
+            q, k, v = (
+                hook(t.transpose(1, 2)).transpose(1, 2)  # hooks see (B, N|M, H, D)
+                for hook, t in ((self.hook_q, q), (self.hook_k, k), (self.hook_v, v))
+            )
         B, _, N, _ = q.shape
         M = k.shape[2]
         dropout_p = self.attn_drop if self.training else 0.0
 
-        if key_padding_mask is None and attn_bias is None:
+        if self.hook_attn_scores.active() or self.hook_pattern.active():
+            out = self._hooked_attention(q, k, v, key_padding_mask, attn_bias, causal, dropout_p)
+        elif key_padding_mask is None and attn_bias is None:
             out = attention(q, k, v, dropout_p=dropout_p, causal=causal)  # (B, H, N, D)
         else:
             mask = self._additive_mask(q, B, N, M, key_padding_mask, attn_bias, causal)  # (B|1, H|1, N, M)
@@ -121,8 +137,32 @@ class Attention(nn.Module):
             out = attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (B, H, N, D)
             out = out.masked_fill(empty, 0.0)
 
-        out = out.transpose(1, 2).reshape(B, N, self.dim)  # (B, N, C)
-        return self.proj_drop(self.proj(out))
+        z = self.hook_z(out.transpose(1, 2))  # (B, N, H, D)
+        if self.hook_result.active():
+            w_o = self.proj.weight.view(self.dim, self.heads, self.head_dim)  # (C, H, D): head h's slice of proj
+            result = self.hook_result(torch.einsum("bnhd,chd->bnhc", z, w_o.to(z.dtype)))  # (B, N, H, C)
+            out = result.sum(2) + self.proj.bias.to(result.dtype) if self.proj.bias is not None else result.sum(2)
+            return self.proj_drop(out)
+        return self.proj_drop(self.proj(z.reshape(B, N, self.dim)))  # (B, N, C)
+
+    def _hooked_attention(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        key_padding_mask: Tensor | None,
+        attn_bias: Tensor | None,
+        causal: bool,
+        dropout_p: float,
+    ) -> Tensor:
+        """softmax(q k^T / sqrt(D) + mask) v with the scores and the pattern passed through their hook points; rows
+        with no visible key attend to nothing (pattern and output zero), as in the fused path."""
+        B, _, N, _ = q.shape
+        mask = self._additive_mask(q, B, N, k.shape[2], key_padding_mask, attn_bias, causal)  # (B|1, H|1, N, M)
+        scores = self.hook_attn_scores((q @ k.transpose(-2, -1)) * self.head_dim**-0.5 + mask)  # (B, H, N, M)
+        empty = torch.isneginf(scores).all(dim=-1, keepdim=True)  # (B, H, N, 1)
+        pattern = self.hook_pattern(scores.masked_fill(empty, 0.0).softmax(dim=-1).masked_fill(empty, 0.0))
+        return F.dropout(pattern, dropout_p) @ v  # (B, H, N, D)
 
     def _project(self, x: Tensor, context: Tensor | None, causal: bool) -> tuple[Tensor, Tensor, Tensor]:
         if x.ndim != 3 or x.shape[-1] != self.dim:

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from .attention import Attention
 from .drop_path import DropPath
+from .hooks import HookPoint
 from .mlp import Mlp, SwiGLU
 from .moe import MoEMlp
 from .norm import build_norm
@@ -68,6 +69,10 @@ class Block(nn.Module):
 
     The MLP hidden size is int(dim * mlp_ratio) for every kind (for SwiGLU at the parameter count of a 4x GELU MLP,
     use mlp_ratio=8/3). ``aux_loss`` is the MoE load-balancing loss of the last forward (zero for dense MLPs).
+
+    Hook points on the residual stream, named as TransformerLens's: ``hook_resid_pre`` (the input),
+    ``hook_attn_out`` (the self-attention branch), ``hook_cross_attn_out``, ``hook_resid_mid`` (the MLP's input
+    stream), ``hook_mlp_out`` and ``hook_resid_post`` (the output); branches after layer scale and drop path.
     """
 
     def __init__(
@@ -118,6 +123,9 @@ class Block(nn.Module):
         self.mlp = build_mlp(mlp, dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, moe=moe)
         self.ls2 = layer_scale()
         self.drop_path2 = DropPath(drop_path)
+        points = ("resid_pre", "attn_out", *(("cross_attn_out",) if cross_attention else ()), "resid_mid", "mlp_out")
+        for name in (*points, "resid_post"):
+            setattr(self, f"hook_{name}", HookPoint())
 
     @property
     def aux_loss(self) -> Tensor:
@@ -148,14 +156,15 @@ class Block(nn.Module):
             )
         if context_padding_mask is not None and context is None:
             raise ValueError("context_padding_mask was given without a context")
-        x = x + self.drop_path1(
-            self.ls1(self.attn(self.norm1(x), key_padding_mask=key_padding_mask, attn_bias=attn_bias, causal=causal))
-        )
+        x = self.hook_resid_pre(x)
+        h = self.attn(self.norm1(x), key_padding_mask=key_padding_mask, attn_bias=attn_bias, causal=causal)
+        x = x + self.hook_attn_out(self.drop_path1(self.ls1(h)))
         if self.cross_attention:
             if context is None:
                 raise ValueError("this block has cross attention and needs context of shape (B, M, context_dim)")
             h = self.cross_attn(self.norm_cross(x), context, key_padding_mask=context_padding_mask)
-            x = x + self.drop_path_cross(self.ls_cross(h))
+            x = x + self.hook_cross_attn_out(self.drop_path_cross(self.ls_cross(h)))
+        x = self.hook_resid_mid(x)
         h = self.norm2(x)
         h = self.mlp(h, token_ids=token_ids) if isinstance(self.mlp, MoEMlp) else self.mlp(h)
-        return x + self.drop_path2(self.ls2(h))
+        return self.hook_resid_post(x + self.hook_mlp_out(self.drop_path2(self.ls2(h))))

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .hooks import HookPoint
+
 
 class QuickGELU(nn.Module):
     """The sigmoid approximation of GELU OpenAI's CLIP was trained with: ``x * sigmoid(1.702 * x)``."""
@@ -80,7 +82,8 @@ class Mlp(nn.Module):
     """Two-layer MLP: fc1 -> act -> dropout -> fc2 -> dropout, over the last dim.
 
     When it trains without dropout between act and fc2, the activation is recomputed in backward rather than
-    stored (:func:`act_linear`), saving a (..., hidden) tensor per layer at the same results.
+    stored (:func:`act_linear`), saving a (..., hidden) tensor per layer at the same results. Hook points:
+    ``hook_pre`` (fc1's output) and ``hook_post`` (the activation; formed whole while hooked).
     """
 
     def __init__(
@@ -100,13 +103,14 @@ class Mlp(nn.Module):
         self.drop1 = nn.Dropout(drop)
         self.fc2 = nn.Linear(hidden_dim, dim, bias=bias)
         self.drop2 = nn.Dropout(drop)
+        self.hook_pre, self.hook_post = HookPoint(), HookPoint()
 
     def forward(self, x: Tensor) -> Tensor:
         """(..., dim) -> (..., dim)."""
-        h = self.fc1(x)  # (..., hidden)
-        if torch.is_grad_enabled() and not (self.training and self.drop1.p > 0):
+        h = self.hook_pre(self.fc1(x))  # (..., hidden)
+        if torch.is_grad_enabled() and not (self.training and self.drop1.p > 0) and not self.hook_post.active():
             return self.drop2(act_linear(h, self.fc2, self.act))
-        return self.drop2(self.fc2(self.drop1(self.act(h))))
+        return self.drop2(self.fc2(self.drop1(self.hook_post(self.act(h)))))
 
 
 class SwiGLU(nn.Module):
