@@ -4,13 +4,31 @@ QK and OV circuits as factored matrices, composition and copying scores. Activat
 
 from .composition import composition_baseline, composition_scores, copying_scores
 from .factored import FactoredMatrix
+from .heads import (
+    ablate_heads,
+    attention_patterns,
+    duplicate_token_scores,
+    induction_scores,
+    patch_heads,
+    patch_residual,
+    previous_token_scores,
+    repeated_tokens,
+)
 from .weights import HeadWeights, head_weights
 
 __all__ = [
     "FactoredMatrix",
     "HeadWeights",
+    "ablate_heads",
+    "attention_patterns",
     "composition_baseline",
     "composition_scores",
     "copying_scores",
+    "duplicate_token_scores",
     "head_weights",
+    "induction_scores",
+    "patch_heads",
+    "patch_residual",
+    "previous_token_scores",
+    "repeated_tokens",
 ]
