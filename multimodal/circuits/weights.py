@@ -76,7 +76,7 @@ def head_weights(model: nn.Module, *, fold_norm: bool = True) -> HeadWeights:
         C, H, D = attn.dim, attn.heads, attn.head_dim
         weight = attn.qkv.weight.detach().float()  # (3C, C): rows [q; k; v], out = x @ weight.T
         bias = attn.qkv.bias.detach().float() if attn.qkv.bias is not None else torch.zeros(3 * C)
-        if fold_norm:
+        if fold_norm and not isinstance(block.norm1, nn.Identity):  # no pre-norm (attention-only toys): none to fold
             norm = block.norm1
             if not isinstance(norm, nn.LayerNorm | RMSNorm):
                 raise ValueError(

@@ -4,6 +4,7 @@ from .aa_resnet import AAResNet, ResNetConfig
 from .clip import CLIP, ClipConfig, ClipTextConfig, ClipVisionConfig, TextTransformer
 from .decoder import UnclipDecoder, UnclipUpsampler
 from .gato import Gato, GatoConfig
+from .lm import TransformerLM, TransformerLMConfig
 from .prior import DiffusionPrior, PriorTransformer
 from .registry import create_model, list_models, register_model
 from .vit import AttentionPool, VisionTransformer, VitConfig
@@ -21,6 +22,8 @@ __all__ = [
     "PriorTransformer",
     "ResNetConfig",
     "TextTransformer",
+    "TransformerLM",
+    "TransformerLMConfig",
     "UnclipDecoder",
     "UnclipUpsampler",
     "VisionTransformer",

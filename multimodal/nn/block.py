@@ -18,7 +18,7 @@ from .mlp import Mlp, SwiGLU
 from .moe import MoEMlp
 from .norm import build_norm
 
-MLPS = ("gelu", "swiglu", "moe")
+MLPS = ("gelu", "swiglu", "moe", "none")
 
 
 class LayerScale(nn.Module):
@@ -41,8 +41,9 @@ def build_mlp(
     act_layer: type[nn.Module] = nn.GELU,
     drop: float = 0.0,
     moe: dict[str, Any] | None = None,
-) -> nn.Module:
-    """MLP by name: "gelu" (``Mlp``), "swiglu" (``SwiGLU``) or "moe" (``MoEMlp`` built with the ``moe`` kwargs)."""
+) -> nn.Module | None:
+    """MLP by name: "gelu" (``Mlp``), "swiglu" (``SwiGLU``) or "moe" (``MoEMlp`` built with the ``moe`` kwargs);
+    "none" is no MLP at all (None), for attention-only transformers."""
     if kind not in MLPS:
         raise ValueError(f"unknown mlp {kind!r}; valid mlps: {', '.join(MLPS)}")
     if (kind == "moe") != (moe is not None):
@@ -50,6 +51,8 @@ def build_mlp(
             "mlp='moe' needs moe=dict(num_experts=..., ...) and moe kwargs need mlp='moe'; "
             f"got mlp={kind!r}, moe={moe!r}"
         )
+    if kind == "none":
+        return None
     if kind == "gelu":
         return Mlp(dim, hidden_dim, act_layer=act_layer, drop=drop)
     if kind == "swiglu":
@@ -65,7 +68,7 @@ class Block(nn.Module):
 
     x = x + drop_path(ls1(attn(norm1(x))))
     x = x + drop_path(ls_cross(cross_attn(norm_cross(x), context)))   # only with cross_attention=True
-    x = x + drop_path(ls2(mlp(norm2(x))))
+    x = x + drop_path(ls2(mlp(norm2(x))))                           # not with mlp="none" (attention only)
 
     The MLP hidden size is int(dim * mlp_ratio) for every kind (for SwiGLU at the parameter count of a 4x GELU MLP,
     use mlp_ratio=8/3). ``aux_loss`` is the MoE load-balancing loss of the last forward (zero for dense MLPs).
@@ -119,12 +122,14 @@ class Block(nn.Module):
             )
             self.ls_cross = layer_scale()
             self.drop_path_cross = DropPath(drop_path)
-        self.norm2 = build_norm(norm, dim, eps=norm_eps)
+        if mlp != "none":  # the order of creation is the parameters' order (optimizer state, checkpoints)
+            self.norm2 = build_norm(norm, dim, eps=norm_eps)
         self.mlp = build_mlp(mlp, dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, moe=moe)
-        self.ls2 = layer_scale()
-        self.drop_path2 = DropPath(drop_path)
-        points = ("resid_pre", "attn_out", *(("cross_attn_out",) if cross_attention else ()), "resid_mid", "mlp_out")
-        for name in (*points, "resid_post"):
+        if self.mlp is not None:
+            self.ls2 = layer_scale()
+            self.drop_path2 = DropPath(drop_path)
+        points = ("resid_pre", "attn_out", *(("cross_attn_out",) if cross_attention else ()), "resid_mid")
+        for name in (*points, *(("mlp_out",) if self.mlp is not None else ()), "resid_post"):
             setattr(self, f"hook_{name}", HookPoint())
 
     @property
@@ -132,7 +137,7 @@ class Block(nn.Module):
         """MoE load-balancing loss of the last forward; a zero scalar for dense MLPs."""
         if isinstance(self.mlp, MoEMlp):
             return self.mlp.aux_loss
-        return torch.zeros((), device=self.norm2.weight.device)
+        return torch.zeros((), device=self.norm1.weight.device)
 
     def forward(
         self,
@@ -165,6 +170,8 @@ class Block(nn.Module):
             h = self.cross_attn(self.norm_cross(x), context, key_padding_mask=context_padding_mask)
             x = x + self.hook_cross_attn_out(self.drop_path_cross(self.ls_cross(h)))
         x = self.hook_resid_mid(x)
+        if self.mlp is None:
+            return self.hook_resid_post(x)
         h = self.norm2(x)
         h = self.mlp(h, token_ids=token_ids) if isinstance(self.mlp, MoEMlp) else self.mlp(h)
         return self.hook_resid_post(x + self.hook_mlp_out(self.drop_path2(self.ls2(h))))

@@ -127,3 +127,12 @@ def test_bad_arguments_raise() -> None:
         Block(8, heads=2, mlp="relu")
     with pytest.raises(ValueError, match="must not set"):
         Block(8, heads=2, mlp="moe", moe={"num_experts": 2, "hidden_dim": 4})
+
+
+def test_an_attention_only_block_is_the_residual_plus_attention() -> None:
+    torch.manual_seed(0)
+    block = Block(16, heads=2, mlp="none").eval()
+    assert block.mlp is None and not hasattr(block, "norm2")
+    assert {n.split(".")[0] for n, _ in block.named_parameters()} == {"norm1", "attn"}
+    x = torch.randn(2, 5, 16)
+    torch.testing.assert_close(block(x, causal=True), x + block.attn(block.norm1(x), causal=True))

@@ -9,6 +9,7 @@ from .base import Task
 from .classification import ClassificationTask
 from .clip import ClipTask
 from .gato import GatoTask
+from .lm import LmTask
 from .unclip import DecoderTask, PriorTask, UpsamplerTask
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "ClipTask",
     "DecoderTask",
     "GatoTask",
+    "LmTask",
     "PriorTask",
     "Task",
     "UpsamplerTask",
@@ -30,6 +32,7 @@ TASKS: dict[str, type[Task]] = {
     "unclip_decoder": DecoderTask,
     "unclip_upsampler": UpsamplerTask,
     "gato": GatoTask,
+    "lm": LmTask,
 }
 
 

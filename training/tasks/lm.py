@@ -1,0 +1,97 @@
+"""Language modelling on generated sequences (:class:`~multimodal.data.sequences.MarkovRepeats`): the toy setting of
+"A Mathematical Framework for Transformer Circuits", where induction heads form.
+
+Evaluation reports the loss on the first half (bigram statistics only) and on the repeat (copyable in context),
+and each layer's best previous-token and induction score on held-out sequences.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from multimodal.circuits import attention_patterns, induction_scores, previous_token_scores, repeated_tokens
+from multimodal.data import SkipStats
+from multimodal.data.sequences import BOS, MarkovRepeats
+
+from ..config import TaskConfig, TrainConfig
+from .base import Task
+
+EVAL_SEED = 1_000_000  # held-out sequences come from a stream no training batch uses
+
+
+@dataclasses.dataclass(frozen=True)
+class LmOptions(TaskConfig, task="lm"):
+    vocab_size: int = 64  # ids, BOS (0) included; written into model.args
+    min_period: int = 8  # each sequence says a segment of between min_period and max_period tokens twice
+    max_period: int = 24
+    score_period: int = 20  # head scores: BOS, then this many uniform random ids, twice
+    sharpness: float = 2.0  # std of the Markov chain's transition logits
+    chain_seed: int = 0  # the chain every run of the recipe shares
+    eval_sequences: int = 512
+
+
+class LmTask(Task):
+    """Next-token prediction on ``[BOS] s s`` sequences; the model is any ``(B, N) ids -> (B, N, V) logits`` LM."""
+
+    Options = LmOptions
+    reads_dataset = False  # the sequences are generated
+
+    def __init__(self, cfg: TrainConfig, acc=None) -> None:
+        super().__init__(cfg, acc)
+        o = self.opts
+        self.data = MarkovRepeats(o.vocab_size, o.min_period, o.max_period, o.sharpness, o.chain_seed)
+        self.chain = self.data.transitions()
+
+    def resolve(self) -> TrainConfig:
+        args = dict(self.cfg.model.args or {})
+        for key, value in (("vocab_size", self.opts.vocab_size), ("context_length", self.data.length)):
+            if args.get(key, value) != value:
+                raise ValueError(f"model.args.{key}={args[key]} disagrees with the task's {value}; drop it or match")
+            args[key] = value
+        return self.cfg.replace(model={"args": args})
+
+    def train_batches(self, model: nn.Module, start_batch: int) -> Iterator[dict[str, Any]]:
+        rank, world = self.rank_world()
+        size, seed = self.cfg.data.batch_size, self.cfg.run.seed
+        index = start_batch
+        while True:
+            tokens, periods = self.data.batch(size, seed=seed * world + rank, index=index, transitions=self.chain)
+            keys = [f"{rank}:{index}:{i}" for i in range(size)]
+            yield {"tokens": tokens, "periods": periods, "size": size, "key": keys, "skipped": []}
+            index += 1
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        tokens = batch["tokens"].to(next(model.parameters()).device)
+        logits = model(tokens)[:, :-1]  # (B, N-1, V): position t predicts token t+1
+        per_token = F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="none")
+        per_token = per_token.view(len(tokens), -1)  # (B, N-1)
+        first, repeat = (mask.to(per_token.device) for mask in self.data.halves(batch["periods"]))
+        logs = {
+            "loss": per_token.mean().detach(),
+            "first_half_loss": per_token[first].mean().detach(),  # bigram statistics only
+            "repeat_loss": per_token[repeat].mean().detach(),  # copyable from the first occurrence
+        }
+        return per_token.mean(), logs
+
+    def evaluate(self, model: nn.Module, *, step: int = 0) -> tuple[dict[str, float], SkipStats]:
+        net, o = self.unwrap(model), self.opts
+        tokens, periods = self.data.batch(o.eval_sequences, seed=EVAL_SEED, index=0, transitions=self.chain)
+        with self.evaluation_mode(net):
+            _, logs = self.loss(net, {"tokens": tokens, "periods": periods})
+            metrics = {k: float(v) for k, v in logs.items()}
+            if getattr(net, "transformer", None) is not None:
+                gen = torch.Generator().manual_seed(EVAL_SEED)
+                body = repeated_tokens(64, o.score_period, o.vocab_size - 1, generator=gen) + 1  # ids 1..V-1
+                patterns = attention_patterns(net, torch.cat([torch.full((64, 1), BOS), body], dim=1))
+                induction = induction_scores(patterns, o.score_period, prefix=1)  # (L, H)
+                previous = previous_token_scores(patterns)
+                for layer in range(len(induction)):
+                    metrics[f"induction_max_l{layer}"] = induction[layer].max().item()
+                    metrics[f"previous_token_max_l{layer}"] = previous[layer].max().item()
+        return metrics, SkipStats()
