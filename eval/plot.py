@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from multimodal.io import atomic_save_image
 
-__all__ = ["PALETTE", "Series", "line_plot"]
+__all__ = ["PALETTE", "Series", "heat_maps", "line_plot"]
 
 PALETTE = ((200, 30, 30), (30, 80, 230), (30, 150, 60), (230, 130, 20), (140, 50, 180), (90, 90, 90))
 _DASH = 6  # pixels on, then off, of a dashed line
@@ -92,4 +92,33 @@ def line_plot(
         elif pts:
             d.text((pts[-1][0] - 60, pts[-1][1] - 16), s.label, fill=s.color)
     path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save_image(img, path)
+
+
+def heat_maps(panels: list[tuple[str, list[list[float]]]], path: Path, *, title: str, cell: int = 0) -> None:
+    """Matrices as grids of cells, white (0) to dark red (1), side by side with their titles; saved atomically.
+
+    Values are clipped to [0, 1] (attention weights, head scores); ``cell`` is the side of a cell in pixels (0: as
+    large as fits 360 px per panel)."""
+    if not panels or any(not m or not m[0] for _, m in panels):
+        raise ValueError("nothing to plot: a heat map needs at least one non-empty matrix")
+    sides = [(len(m), len(m[0])) for _, m in panels]
+    cell = cell or max(2, 360 // max(max(r, c) for r, c in sides))
+    gap, top = 20, 44
+    W = gap + sum(c * cell + gap for _, c in sides)
+    H = top + max(r for r, _ in sides) * cell + gap
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    d.text((gap, 6), title, fill="black")
+    x0 = gap
+    for (name, matrix), (rows, cols) in zip(panels, sides, strict=True):
+        d.text((x0, 24), name, fill="black")
+        for i, row in enumerate(matrix):
+            for j, value in enumerate(row):
+                v = min(1.0, max(0.0, float(value)))
+                color = (255 - int(v * 75), int(255 * (1 - v)), int(255 * (1 - v)))  # white -> dark red
+                box = [x0 + j * cell, top + i * cell, x0 + (j + 1) * cell - 1, top + (i + 1) * cell - 1]
+                d.rectangle(box, fill=color)
+        d.rectangle([x0 - 1, top - 1, x0 + cols * cell, top + rows * cell], outline=(120, 120, 120))
+        x0 += cols * cell + gap
     atomic_save_image(img, path)

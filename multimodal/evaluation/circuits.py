@@ -1,0 +1,143 @@
+"""The circuits analysis of a language model of the lm task (:class:`~multimodal.models.lm.TransformerLM`): what
+Elhage et al. 2021 and Olsson et al. 2022 measure on their toy models, measured on ours.
+
+* every head's previous-token, duplicate-token and induction score on BOS + repeated uniform random ids, and the
+  score a head attending uniformly would get (the chance level);
+* the Q-, K- and V-composition of every head with every head of a later layer, against random low-rank maps of
+  the same shapes;
+* in-context learning: loss on the first occurrence of each segment and on its repeat, then with the best induction
+  head ablated (how much of the drop it accounts for);
+* for a model without blocks, how well the direct path W_E W_U matches the data's log-bigram table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..circuits import (
+    ablate_heads,
+    attention_patterns,
+    composition_baseline,
+    composition_scores,
+    duplicate_token_scores,
+    head_weights,
+    induction_scores,
+    previous_token_scores,
+    repeated_tokens,
+)
+from ..data.sequences import BOS, MarkovRepeats, bigram_log_probs
+
+__all__ = ["analyse_lm", "bigram_match", "sequence_losses"]
+
+
+def sequence_losses(model: torch.nn.Module, tokens: Tensor, periods: Tensor, data: MarkovRepeats) -> dict[str, float]:
+    """Mean next-token loss on the segments' first occurrences and on their repeats."""
+    with torch.no_grad():
+        logits = model(tokens)[:, :-1]
+        per_token = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), reduction="none").view(
+            len(tokens), -1
+        )
+    first, repeat = data.halves(periods)
+    return {"first": per_token[first].mean().item(), "repeat": per_token[repeat].mean().item()}
+
+
+def bigram_match(model: torch.nn.Module, data: MarkovRepeats, *, sequences: int = 4096, min_count: int = 20) -> dict:
+    """Pearson correlation of the direct path's next-token log-probabilities, log_softmax(W_E W_U), with the
+    empirical log-bigram table of ``sequences`` training-distribution sequences, over the pairs seen at least
+    ``min_count`` times."""
+    tokens, _ = data.batch(sequences, seed=0, index=0)
+    empirical, counts = bigram_log_probs(tokens, data.vocab_size)
+    with torch.no_grad():
+        direct = (model.W_E @ model.W_U).log_softmax(-1).double()  # (V, V)
+    seen = counts >= min_count
+    pair = torch.stack([direct[seen], empirical[seen]])
+    return {"correlation": torch.corrcoef(pair)[0, 1].item(), "pairs": int(seen.sum()), "min_count": min_count}
+
+
+def _uniform_patterns(n: int) -> Tensor:
+    """(1, 1, 1, n, n) causal uniform attention: the chance level of every score."""
+    causal = torch.ones(n, n).tril()
+    return (causal / causal.sum(-1, keepdim=True))[None, None, None]
+
+
+def analyse_lm(
+    model: torch.nn.Module,
+    data: MarkovRepeats,
+    *,
+    period: int = 20,
+    batch: int = 64,
+    seed: int = 0,
+    baselines: int = 500,
+) -> dict[str, Any]:
+    """Everything the module docstring lists, as plain numbers (and the patterns, for pictures)."""
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, Any] = {"depth": model.cfg.depth}
+    tokens, periods = data.batch(1024, seed=1_000_000 + seed, index=0)
+    out["losses"] = sequence_losses(model, tokens, periods, data)
+    if model.transformer is None:
+        out["bigram"] = bigram_match(model, data)
+        return out
+    body = repeated_tokens(batch, period, data.vocab_size - 1, generator=gen) + 1  # ids 1..V-1
+    scored = torch.cat([torch.full((batch, 1), BOS), body], dim=1)
+    with torch.no_grad():
+        patterns = attention_patterns(model, scored)  # (L, B, H, N, N)
+    scores = {
+        "previous_token": previous_token_scores(patterns),
+        "duplicate_token": duplicate_token_scores(patterns, period, prefix=1),
+        "induction": induction_scores(patterns, period, prefix=1),
+    }
+    uniform = _uniform_patterns(scored.shape[1])
+    out["chance"] = {
+        "previous_token": previous_token_scores(uniform).item(),
+        "duplicate_token": duplicate_token_scores(uniform, period, prefix=1).item(),
+        "induction": induction_scores(uniform, period, prefix=1).item(),
+    }
+    out["heads"] = [
+        {"layer": layer, "head": head, **{k: v[layer, head].item() for k, v in scores.items()}}
+        for layer in range(patterns.shape[0])
+        for head in range(patterns.shape[2])
+    ]
+    out["patterns"] = patterns[:, 0]  # (L, H, N, N): the first sequence's, for pictures
+    best = max(out["heads"], key=lambda h: h["induction"])
+    out["best_induction"] = {"layer": best["layer"], "head": best["head"], "score": best["induction"]}
+    weights = head_weights(model)
+    if weights.layers > 1:
+        chance = composition_baseline(*weights.W_Q.shape[-2:], samples=baselines, seed=seed)
+        out["composition_baseline"] = {
+            "mean": chance.mean().item(),
+            "std": chance.std().item(),
+            "p99": chance[int(0.99 * (len(chance) - 1))].item(),
+            "samples": baselines,
+        }
+        out["composition"] = {}
+        for mode in ("q", "k", "v"):
+            scores_ = composition_scores(weights, mode)  # (L, H, L, H), NaN unless the second is later
+            pairs = [
+                {"from": (l1, h1), "to": (l2, h2), "score": scores_[l1, h1, l2, h2].item()}
+                for l1, h1, l2, h2 in (~scores_.isnan()).nonzero().tolist()
+            ]
+            out["composition"][mode] = sorted(pairs, key=lambda p: -p["score"])
+    induction_heads = [(h["layer"], h["head"]) for h in out["heads"] if h["induction"] >= best["induction"] / 2]
+    drop = out["losses"]["first"] - out["losses"]["repeat"]
+    out["ablation"] = [_ablation(model, tokens, periods, data, heads, out["losses"], drop)
+                       for heads in ([(best["layer"], best["head"])], induction_heads)]  # fmt: skip
+    return out
+
+
+def _ablation(model, tokens, periods, data, heads, losses, drop) -> dict[str, Any]:
+    """Repeat loss with ``heads`` ablated (zero, mean) and the share of the first-to-repeat drop that takes back."""
+    repeat = {}
+    for mode in ("zero", "mean"):
+        with torch.no_grad():
+            logits = ablate_heads(model, lambda: model(tokens), heads, mode=mode)[:, :-1]
+        per_token = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), reduction="none").view(
+            len(tokens), -1
+        )
+        repeat[mode] = per_token[data.halves(periods)[1]].mean().item()
+    restored = {m: (v - losses["repeat"]) / drop for m, v in repeat.items()}
+    return {"heads": heads, "repeat_loss": repeat, "share_of_drop_restored": restored}
