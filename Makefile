@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo demo-vit test test-slow readme-check lint format clean
+.PHONY: setup demo demo-vit circuits test test-slow readme-check lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,12 @@ demo: setup
 demo-vit: setup
 	$(PY) -m training.train configs/vit/shapes.yaml run.overwrite=true
 	$(PY) -m eval.classify --checkpoint runs/vit-shapes --dataset shapes --split test
+
+circuits: setup  # "A Mathematical Framework for Transformer Circuits" on this machine: 0-, 1- and 2-layer attention-only
+	for depth in 0 1 2; do \
+		$(PY) -m training.train configs/circuits/attn$$depth.yaml run.overwrite=true train.progress=false || exit 1; \
+		$(PY) -m eval.circuits --checkpoint runs/circuits-attn$$depth || exit 1; \
+	done
 
 test: setup
 	$(PY) -m pytest -q -m "not slow"
