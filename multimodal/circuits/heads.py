@@ -48,7 +48,7 @@ def attention_patterns(model: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
     """(L, B, H, N, M) attention patterns of every block of ``model(*args, **kwargs)``, in block order."""
     _, cache = run_with_cache(model, *args, names_filter=lambda name: name.endswith("attn.hook_pattern"), **kwargs)
     if not cache:
-        raise ValueError(f"{type(model).__name__} has no attention hook points (attn.hook_pattern)")
+        raise ValueError(f"{type(model).__name__} has no hook points named attn.hook_pattern")
     return cache.stack("attn.hook_pattern")
 
 
@@ -78,11 +78,16 @@ def induction_scores(patterns: Tensor, period: int, *, prefix: int = 0) -> Tenso
     return _stripe(patterns, 1 - period, prefix + period)
 
 
-def _z_points(model: nn.Module) -> list[str]:
-    names = [n for n in hook_points(model) if n.endswith("attn.hook_z")]
+def _points(model: nn.Module, suffix: str) -> list[str]:
+    """The hook points of ``model`` whose names end with ``suffix``, in block order."""
+    names = [n for n in hook_points(model) if n.endswith(suffix)]
     if not names:
-        raise ValueError(f"{type(model).__name__} has no attention hook points (attn.hook_z)")
+        raise ValueError(f"{type(model).__name__} has no hook points named {suffix}")
     return sorted(names, key=lambda n: [int(p) if p.isdigit() else p for p in n.split(".")])
+
+
+def _z_points(model: nn.Module) -> list[str]:
+    return _points(model, "attn.hook_z")
 
 
 def ablate_heads(
@@ -121,6 +126,16 @@ def ablate_heads(
         return forward()
 
 
+def _clean_and_corrupted(
+    model: nn.Module, names: list[str], forward: Callable[[Any], Any], clean: Any, corrupted: Any, metric: Callable
+) -> tuple[dict[str, Tensor], float, float]:
+    """The clean run's activations at ``names``, and the metric of the clean and of the corrupted run."""
+    cache: dict[str, Tensor] = {}
+    with hooks(model, [(names, lambda x, hook: cache.__setitem__(hook.name, x.detach()))]):
+        clean_metric = metric(forward(clean))
+    return cache, clean_metric, metric(forward(corrupted))
+
+
 def _normalised(value: float, clean: float, corrupted: float) -> float:
     return (value - corrupted) / (clean - corrupted) if clean != corrupted else float("nan")
 
@@ -135,16 +150,8 @@ def patch_residual(
     """(L, N) normalised metric of the corrupted run with block l's input stream at position p taken from the clean
     run: 1 where that one vector restores the clean metric, 0 where it changes nothing. ``forward(inputs)`` runs
     the model on ``clean`` or ``corrupted`` (same sequence length)."""
-    names = sorted(
-        (n for n in hook_points(model) if n.endswith("hook_resid_pre")),
-        key=lambda n: [int(p) if p.isdigit() else p for p in n.split(".")],
-    )
-    if not names:
-        raise ValueError(f"{type(model).__name__} has no residual hook points (hook_resid_pre)")
-    cache: dict[str, Tensor] = {}
-    with hooks(model, [(names, lambda x, hook: cache.__setitem__(hook.name, x.detach()))]):
-        clean_metric = metric(forward(clean))
-    corrupted_metric = metric(forward(corrupted))
+    names = _points(model, "hook_resid_pre")
+    cache, clean_metric, corrupted_metric = _clean_and_corrupted(model, names, forward, clean, corrupted, metric)
     positions = cache[names[0]].shape[1]
     out = torch.empty(len(names), positions)
     for layer, name in enumerate(names):
@@ -170,10 +177,7 @@ def patch_heads(
     """(L, H) normalised metric of the corrupted run with one head's output (its z, every position) taken from the
     clean run."""
     names = _z_points(model)
-    cache: dict[str, Tensor] = {}
-    with hooks(model, [(names, lambda z, hook: cache.__setitem__(hook.name, z.detach()))]):
-        clean_metric = metric(forward(clean))
-    corrupted_metric = metric(forward(corrupted))
+    cache, clean_metric, corrupted_metric = _clean_and_corrupted(model, names, forward, clean, corrupted, metric)
     out = torch.empty(len(names), cache[names[0]].shape[2])
     for layer, name in enumerate(names):
         for head in range(out.shape[1]):
