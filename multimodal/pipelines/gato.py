@@ -19,7 +19,7 @@ from ..data.control import EnvSpec, Episode, Policy
 from ..models.gato import Gato
 from ..tokenizers.gato import GatoTokenizer, GatoTokens, Modality, collate_tokens, image_to_patches
 
-__all__ = ["GatoAgent", "caption_images", "control_layout", "judge_caption", "named_pairs"]
+__all__ = ["GatoAgent", "caption_images", "control_layout", "judge_caption", "named_pairs", "prompted_window"]
 
 
 def control_layout(spec: EnvSpec, context_length: int) -> tuple[int, int]:
@@ -32,6 +32,32 @@ def control_layout(spec: EnvSpec, context_length: int) -> tuple[int, int]:
             f"({per_step} tokens each); raise the model's context_length to at least {2 * per_step}"
         )
     return per_step, prompt
+
+
+def prompted_window(
+    episodes: Sequence[GatoTokens], spec: EnvSpec, context_length: int, rng: np.random.Generator, *, prompt_prob: float
+) -> GatoTokens:
+    """One control sequence of ``context_length`` tokens at most: with probability ``prompt_prob`` a prompt of
+    :func:`control_layout`'s timesteps from one of ``episodes`` (its end, or anywhere, half the time each), then a
+    window of whole timesteps of another, at a random start (GATO's prompting, section 3.3)."""
+    per_step, prompt_steps = control_layout(spec, context_length)
+    index = int(rng.integers(len(episodes)))
+    parts = []
+    if rng.random() < prompt_prob:
+        other = int(rng.integers(len(episodes) - 1)) if len(episodes) > 1 else 0
+        other += other >= index and len(episodes) > 1  # another episode than the window's
+        demo = episodes[other]
+        steps = len(demo) // per_step
+        n = min(prompt_steps, steps)
+        start = steps - n if rng.random() < 0.5 else int(rng.integers(steps - n + 1))
+        parts.append(demo.slice(start * per_step, (start + n) * per_step))
+    room = (context_length - sum(len(p) for p in parts)) // per_step
+    episode = episodes[index]
+    steps = len(episode) // per_step
+    n = min(room, steps)
+    start = int(rng.integers(steps - n + 1))
+    parts.append(episode.slice(start * per_step, (start + n) * per_step))
+    return GatoTokens.concat(parts)
 
 
 class GatoAgent:

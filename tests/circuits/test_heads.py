@@ -55,7 +55,7 @@ def test_attention_patterns_are_every_blocks_pattern() -> None:
     patterns = attention_patterns(m, x, causal=True)
     assert patterns.shape == (2, 2, 4, 5, 5)
     torch.testing.assert_close(patterns.sum(-1), torch.ones(2, 2, 4, 5))
-    with pytest.raises(ValueError, match="Linear has no hook points named attn.hook_pattern"):
+    with pytest.raises(ValueError, match=r"Linear has no hook points named attn\.hook_pattern"):
         attention_patterns(torch.nn.Linear(16, 16), x)
 
 

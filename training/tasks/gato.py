@@ -38,7 +38,7 @@ from multimodal.data.cards import DatasetCard
 from multimodal.data.control import Episode, env_spec, read_episodes
 from multimodal.data.shards import read_shard
 from multimodal.evaluation import evaluate_captioning, evaluate_control
-from multimodal.pipelines.gato import control_layout
+from multimodal.pipelines.gato import control_layout, prompted_window
 from multimodal.tokenizers import ClipTokenizer, SubsetTokenizer
 from multimodal.tokenizers.gato import NUM_DISCRETE, TOKENIZER_FILE, GatoTokenizer, GatoTokens, collate_tokens
 
@@ -186,26 +186,8 @@ class GatoTask(Task):
         return self._tokens[name]
 
     def control_sequence(self, episodes: list[GatoTokens], name: str, context: int, rng: np.random.Generator):
-        """One training sequence of dataset ``name`` in a ``context`` of tokens: [prompt from another of its
-        ``episodes``] + a window of one episode."""
-        per_step, prompt_steps = control_layout(self.env(name), context)
-        index = int(rng.integers(len(episodes)))
-        parts = []
-        if rng.random() < self.opts.prompt_prob:
-            other = int(rng.integers(len(episodes) - 1)) if len(episodes) > 1 else 0
-            other += other >= index and len(episodes) > 1  # another episode than the window's
-            demo = episodes[other]
-            steps = len(demo) // per_step
-            n = min(prompt_steps, steps)
-            start = steps - n if rng.random() < 0.5 else int(rng.integers(steps - n + 1))
-            parts.append(demo.slice(start * per_step, (start + n) * per_step))
-        room = (context - sum(len(p) for p in parts)) // per_step
-        episode = episodes[index]
-        steps = len(episode) // per_step
-        n = min(room, steps)
-        start = int(rng.integers(steps - n + 1))
-        parts.append(episode.slice(start * per_step, (start + n) * per_step))
-        return GatoTokens.concat(parts)
+        """One training sequence of dataset ``name``: [prompt from another of its ``episodes``] + a window."""
+        return prompted_window(episodes, self.env(name), context, rng, prompt_prob=self.opts.prompt_prob)
 
     def train_batches(self, model: nn.Module, start_batch: int) -> Iterator[dict[str, Any]]:
         """Each batch holds every dataset's share: captions from their own loaders, control windows drawn here."""
