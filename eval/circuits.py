@@ -1,4 +1,10 @@
-"""Circuits of a language model of the lm task: ``python -m eval.circuits --checkpoint RUN``.
+"""Circuits of a run: ``python -m eval.circuits --checkpoint RUN``, for language models of the lm task and GATO.
+
+For a GATO run: where each head's attention from the window's action tokens goes, on prompted sequences of each
+control dataset of its mixture (the demonstration, its actions, the own timestep, earlier timesteps), against
+uniform attention.
+
+For a language model of the lm task:
 
 Prints each head's previous-token, duplicate-token and induction score (on BOS + a random segment said twice) with
 the chance level, the strongest Q-, K- and V-compositions against random low-rank maps, the loss on first
@@ -13,9 +19,11 @@ import argparse
 from typing import Any
 
 from multimodal.config import ConfigError
+from multimodal.data import ensure_dataset, load_card
+from multimodal.data.control import env_spec, read_episodes
 from multimodal.data.sequences import MarkovRepeats
-from multimodal.evaluation.circuits import analyse_lm
-from multimodal.runs import load_checkpoint, read_run_config
+from multimodal.evaluation.circuits import analyse_lm, prompt_attention
+from multimodal.runs import load_checkpoint, load_gato_tokenizer, read_run_config
 
 from .common import add_common_options, cli_parser, result_path, run_cli, write_result
 from .plot import heat_maps
@@ -59,11 +67,53 @@ def table(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def gato_table(out: dict[str, Any]) -> str:
+    u = out["uniform"]
+    lines = [
+        f"{out['env']}: attention from window action tokens ({out['queries']} queries, {out['sequences']} prompted "
+        f"sequences, prompt {out['prompt_tokens']} tokens)",
+        f"{'layer':>5s} {'head':>4s} {'prompt':>7s} {'prompt actions':>14s} {'own timestep':>12s} "
+        f"{'earlier window':>14s}",
+    ]
+    for h in out["heads"]:
+        lines.append(
+            f"{h['layer']:5d} {h['head']:4d} {h['prompt']:7.3f} {h['prompt_actions']:14.3f} {h['own_timestep']:12.3f} "
+            f"{h['earlier_window']:14.3f}"
+        )
+    lines.append(
+        f"{'uniform':>10s} {u['prompt']:7.3f} {u['prompt_actions']:14.3f} {u['own_timestep']:12.3f} "
+        f"{u['earlier_window']:14.3f}"
+    )
+    return "\n".join(lines)
+
+
+def run_gato(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
+    model = load_checkpoint(args.checkpoint, ema=False)
+    tokenizer = load_gato_tokenizer(args.checkpoint, model)
+    results = {}
+    for name in (cfg.get("task") or {}).get("mixture") or {}:
+        card = load_card(name)
+        if card.generator != "control":
+            continue
+        ensure_dataset(card)
+        episodes = [tokenizer.encode_arrays(e.observations, e.actions) for e in read_episodes(card, "train")]
+        results[card.name] = prompt_attention(model, episodes, env_spec(card.generator_args["env_id"]), seed=args.seed)
+    if not results:
+        raise ConfigError(f"the GATO run at {args.checkpoint} trained on no control dataset")
+    table = "\n\n".join(gato_table(out) for out in results.values())
+    write_result(args, "circuits.json", {"checkpoint": str(args.checkpoint), "control": results}, table=table)
+    return results
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = read_run_config(args.checkpoint)
     task = cfg.get("task") or {}
+    if task.get("name") == "gato":
+        return run_gato(args, cfg)
     if task.get("name") != "lm":
-        raise ConfigError(f"{args.checkpoint} is a {task.get('name')!r} run; eval.circuits reads runs of the lm task")
+        raise ConfigError(
+            f"{args.checkpoint} is a {task.get('name')!r} run; eval.circuits reads runs of the lm and gato tasks"
+        )
     data = MarkovRepeats(
         int(task.get("vocab_size", 64)), int(task.get("min_period", 8)), int(task.get("max_period", 24)),
         float(task.get("sharpness", 2.0)), int(task.get("chain_seed", 0)),
@@ -89,7 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = cli_parser("python -m eval.circuits", __doc__, "run directory of the lm task")
+    parser = cli_parser("python -m eval.circuits", __doc__, "run directory of the lm or gato task")
     parser.add_argument("--period", type=int, default=20, help="length of the random segment said twice")
     parser.add_argument("--seed", type=int, default=0, help="seed of the scored sequences and the baselines")
     add_common_options(parser, out="RUN/eval/circuits.json (the PNGs beside it)")

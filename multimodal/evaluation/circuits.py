@@ -8,12 +8,18 @@ Elhage et al. 2021 and Olsson et al. 2022 measure on their toy models, measured 
 * in-context learning: loss on the first occurrence of each segment and on its repeat, then with the best induction
   head ablated (how much of the drop it accounts for);
 * for a model without blocks, how well the direct path W_E W_U matches the data's log-bigram table.
+
+:func:`prompt_attention` asks the GATO question: where do a control policy's action tokens look, on prompted
+sequences as training builds them: at the demonstration (its tokens, its actions), at their own timestep's
+observation, at earlier timesteps of the window; each head against what uniform attention over the visible keys
+would give.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -29,9 +35,13 @@ from ..circuits import (
     previous_token_scores,
     repeated_tokens,
 )
+from ..data.control import EnvSpec
 from ..data.sequences import BOS, MarkovRepeats, bigram_log_probs
+from ..nn.hooks import run_with_cache
+from ..pipelines.gato import control_layout, prompted_window
+from ..tokenizers.gato import GatoTokens, collate_tokens
 
-__all__ = ["analyse_lm", "bigram_match", "sequence_losses"]
+__all__ = ["analyse_lm", "bigram_match", "prompt_attention", "sequence_losses"]
 
 
 def sequence_losses(model: torch.nn.Module, tokens: Tensor, periods: Tensor, data: MarkovRepeats) -> dict[str, float]:
@@ -141,3 +151,49 @@ def _ablation(model, tokens, periods, data, heads, losses, drop) -> dict[str, An
         repeat[mode] = per_token[data.halves(periods)[1]].mean().item()
     restored = {m: (v - losses["repeat"]) / drop for m, v in repeat.items()}
     return {"heads": heads, "repeat_loss": repeat, "share_of_drop_restored": restored}
+
+
+def prompt_attention(
+    model: torch.nn.Module, episodes: list[GatoTokens], spec: EnvSpec, *, sequences: int = 64, seed: int = 0
+) -> dict[str, Any]:
+    """Mean attention of each head from the window's action tokens (after its first timestep) to: the prompt, the
+    prompt's action tokens, the query's own timestep (observation and separator) and earlier window timesteps;
+    and the same shares under uniform attention over the visible keys."""
+    per_step, prompt_steps = control_layout(spec, model.cfg.context_length)
+    prompt_len = prompt_steps * per_step
+    rng = np.random.default_rng(seed)
+    seqs = [prompted_window(episodes, spec, model.cfg.context_length, rng, prompt_prob=1.0) for _ in range(sequences)]
+    seqs = [s for s in seqs if len(s) >= prompt_len + 2 * per_step]  # a full prompt and two window timesteps
+    if not seqs:
+        raise ValueError(f"no {spec.env_id} episode is long enough for a full prompt and two window timesteps")
+    batch = collate_tokens(seqs)
+    model.eval()
+    with torch.no_grad():
+        _, cache = run_with_cache(model, batch, names_filter=lambda name: name.endswith("attn.hook_pattern"))
+    patterns = cache.stack("attn.hook_pattern")  # (L, B, H, N, N)
+    N = patterns.shape[-1]
+    action = batch["loss_mask"].bool()  # (B, N): the action tokens of control sequences
+    position = torch.arange(N)
+    query = action & (position >= prompt_len + per_step)  # padding has no loss mask: never a query
+    rows_b, rows_q = query.nonzero(as_tuple=True)  # every query (sequence, position)
+    step_start = rows_q - (rows_q - prompt_len) % per_step  # first token of the query's timestep
+    key = position[None, :]
+    regions = {
+        "prompt": key < prompt_len,
+        "prompt_actions": (key < prompt_len) & action[rows_b],
+        "own_timestep": (key >= step_start[:, None]) & (key < rows_q[:, None]),
+        "earlier_window": (key >= prompt_len) & (key < step_start[:, None]),
+    }  # each (K, N)
+    visible = (key <= rows_q[:, None]).float()
+    uniform = {
+        name: ((mask.float() * visible).sum(-1) / visible.sum(-1)).mean().item() for name, mask in regions.items()
+    }
+    rows = patterns[:, rows_b, :, rows_q].permute(1, 0, 2, 3)  # (L, K, H, N): each query's row per layer, head
+    heads = []
+    for layer in range(patterns.shape[0]):
+        for head in range(patterns.shape[2]):
+            r = rows[layer, :, head]  # (K, N)
+            shares = {name: (r * mask.float()).sum(-1).mean().item() for name, mask in regions.items()}
+            heads.append({"layer": layer, "head": head, **shares})
+    return {"env": spec.env_id, "queries": len(rows_q), "sequences": len(seqs), "prompt_tokens": prompt_len,
+            "uniform": uniform, "heads": heads}  # fmt: skip

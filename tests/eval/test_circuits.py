@@ -8,6 +8,8 @@ import json
 import pytest
 
 from eval import circuits
+from tests.training.test_gato_task import control_cards  # noqa: F401 (a fixture)
+from tests.training.test_gato_task import recipe as gato_recipe
 from tests.training.test_lm_task import recipe
 from training.config import TrainConfig
 from training.train import train
@@ -47,4 +49,19 @@ def test_a_zero_layer_run_gets_its_bigram_match(runs, capsys) -> None:
 def test_a_run_of_another_task_is_refused(tmp_path, capsys) -> None:
     (tmp_path / "config.yaml").write_text("task: {name: clip}\nmodel: {name: clip_nano}\n")
     assert circuits.main(["--checkpoint", str(tmp_path)]) != 0
-    assert "is a 'clip' run; eval.circuits reads runs of the lm task" in capsys.readouterr().err
+    assert "is a 'clip' run; eval.circuits reads runs of the lm and gato tasks" in capsys.readouterr().err
+
+
+def test_a_gato_run_gets_where_its_action_tokens_look(tiny_shapes, control_cards, tmp_path, capsys) -> None:  # noqa: F811
+    out = tmp_path / "gato"
+    train(TrainConfig.from_dict(gato_recipe(tiny_shapes, control_cards, out, steps=4, checkpoint_every=0)))
+    assert circuits.main(["--checkpoint", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "CartPole-v1: attention from window action tokens" in printed and "Pendulum-v1:" in printed
+    saved = json.loads((out / "eval" / "circuits.json").read_text())["control"]
+    for result in saved.values():
+        assert len(result["heads"]) == 2 * 2 and result["queries"] > 0  # 2 layers x 2 heads
+        regions = ("prompt", "own_timestep", "earlier_window")  # the rest of each row: the query itself
+        for shares in (*result["heads"], result["uniform"]):
+            assert 0 < sum(shares[r] for r in regions) < 1
+            assert 0 < shares["prompt_actions"] < shares["prompt"]
