@@ -15,6 +15,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import torch
+
 from multimodal.cli import USER_ERRORS, HelpFormatter, one_line, one_line_warnings
 
 from .checkpoint import CheckpointError
@@ -78,5 +80,17 @@ def main(argv: list[str] | None = None) -> int:
     return PREEMPTED_EXIT if results.get("preempted") else 0
 
 
+def _exit(code: int) -> None:
+    """Leave with ``code``. A multi-process run that stopped on an error (a lost peer, above all) still has its
+    process group and gloo's threads, which can abort interpreter teardown ("terminate called without an active
+    exception", rc -6 instead of the 1 the error deserves): such a process flushes its output and leaves without
+    that teardown; everything it keeps (checkpoints, metrics.jsonl, the error) is already written."""
+    if code != 0 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())
