@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from ..nn.hooks import hook_points, hooks, run_with_cache
+from ..nn.hooks import block_order, hook_points, hooks, run_with_cache
 
 __all__ = [
     "ablate_heads",
@@ -34,12 +34,19 @@ __all__ = [
 
 
 def repeated_tokens(
-    batch: int, period: int, vocab: int, *, prefix: Sequence[int] = (), generator: torch.Generator | None = None
+    batch: int,
+    period: int,
+    vocab: int,
+    *,
+    low: int = 0,
+    prefix: Sequence[int] = (),
+    generator: torch.Generator | None = None,
 ) -> Tensor:
-    """(B, len(prefix) + 2 * period) token ids: ``prefix``, then ``period`` uniform random ids, then the same again."""
-    if period < 2 or vocab < 2:
-        raise ValueError(f"repeated_tokens needs period >= 2 and vocab >= 2, got period={period}, vocab={vocab}")
-    first = torch.randint(0, vocab, (batch, period), generator=generator)
+    """(B, len(prefix) + 2 * period) token ids: ``prefix``, then ``period`` ids uniform in [low, vocab) (``low=1``
+    keeps a BOS id 0 out), then the same again."""
+    if period < 2 or vocab - low < 2:
+        raise ValueError(f"repeated_tokens needs period >= 2 and vocab - low >= 2, got period={period}, vocab={vocab}")
+    first = torch.randint(low, vocab, (batch, period), generator=generator)
     start = torch.tensor(list(prefix), dtype=torch.long).expand(batch, -1)
     return torch.cat([start, first, first], dim=1)
 
@@ -83,7 +90,7 @@ def _points(model: nn.Module, suffix: str) -> list[str]:
     names = [n for n in hook_points(model) if n.endswith(suffix)]
     if not names:
         raise ValueError(f"{type(model).__name__} has no hook points named {suffix}")
-    return sorted(names, key=lambda n: [int(p) if p.isdigit() else p for p in n.split(".")])
+    return sorted(names, key=block_order)
 
 
 def _z_points(model: nn.Module) -> list[str]:
@@ -126,18 +133,38 @@ def ablate_heads(
         return forward()
 
 
-def _clean_and_corrupted(
-    model: nn.Module, names: list[str], forward: Callable[[Any], Any], clean: Any, corrupted: Any, metric: Callable
-) -> tuple[dict[str, Tensor], float, float]:
-    """The clean run's activations at ``names``, and the metric of the clean and of the corrupted run."""
+def _normalised(value: float, clean: float, corrupted: float) -> float:
+    return (value - corrupted) / (clean - corrupted) if clean != corrupted else float("nan")
+
+
+def _patch_each(
+    model: nn.Module,
+    suffix: str,
+    dim: int,
+    forward: Callable[[Any], Any],
+    clean: Any,
+    corrupted: Any,
+    metric: Callable,
+) -> Tensor:
+    """(L, K) normalised metric of the corrupted run with slice k along ``dim`` of layer l's ``suffix`` activation
+    taken from the clean run."""
+    names = _points(model, suffix)
     cache: dict[str, Tensor] = {}
     with hooks(model, [(names, lambda x, hook: cache.__setitem__(hook.name, x.detach()))]):
         clean_metric = metric(forward(clean))
-    return cache, clean_metric, metric(forward(corrupted))
+    corrupted_metric = metric(forward(corrupted))
+    out = torch.empty(len(names), cache[names[0]].shape[dim])
+    for layer, name in enumerate(names):
+        for k in range(out.shape[1]):
 
+            def patch(x: Tensor, hook, k: int = k) -> Tensor:
+                x = x.clone()
+                x.select(dim, k).copy_(cache[hook.name].select(dim, k))
+                return x
 
-def _normalised(value: float, clean: float, corrupted: float) -> float:
-    return (value - corrupted) / (clean - corrupted) if clean != corrupted else float("nan")
+            with hooks(model, [(name, patch)]):
+                out[layer, k] = _normalised(metric(forward(corrupted)), clean_metric, corrupted_metric)
+    return out
 
 
 def patch_residual(
@@ -150,21 +177,7 @@ def patch_residual(
     """(L, N) normalised metric of the corrupted run with block l's input stream at position p taken from the clean
     run: 1 where that one vector restores the clean metric, 0 where it changes nothing. ``forward(inputs)`` runs
     the model on ``clean`` or ``corrupted`` (same sequence length)."""
-    names = _points(model, "hook_resid_pre")
-    cache, clean_metric, corrupted_metric = _clean_and_corrupted(model, names, forward, clean, corrupted, metric)
-    positions = cache[names[0]].shape[1]
-    out = torch.empty(len(names), positions)
-    for layer, name in enumerate(names):
-        for pos in range(positions):
-
-            def patch(x: Tensor, hook, pos: int = pos) -> Tensor:
-                x = x.clone()
-                x[:, pos] = cache[hook.name][:, pos]
-                return x
-
-            with hooks(model, [(name, patch)]):
-                out[layer, pos] = _normalised(metric(forward(corrupted)), clean_metric, corrupted_metric)
-    return out
+    return _patch_each(model, "hook_resid_pre", 1, forward, clean, corrupted, metric)  # (B, N, C): positions
 
 
 def patch_heads(
@@ -176,17 +189,4 @@ def patch_heads(
 ) -> Tensor:
     """(L, H) normalised metric of the corrupted run with one head's output (its z, every position) taken from the
     clean run."""
-    names = _z_points(model)
-    cache, clean_metric, corrupted_metric = _clean_and_corrupted(model, names, forward, clean, corrupted, metric)
-    out = torch.empty(len(names), cache[names[0]].shape[2])
-    for layer, name in enumerate(names):
-        for head in range(out.shape[1]):
-
-            def patch(z: Tensor, hook, head: int = head) -> Tensor:
-                z = z.clone()
-                z[:, :, head] = cache[hook.name][:, :, head]
-                return z
-
-            with hooks(model, [(name, patch)]):
-                out[layer, head] = _normalised(metric(forward(corrupted)), clean_metric, corrupted_metric)
-    return out
+    return _patch_each(model, "attn.hook_z", 2, forward, clean, corrupted, metric)  # (B, N, H, D): heads

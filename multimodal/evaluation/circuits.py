@@ -41,18 +41,19 @@ from ..nn.hooks import run_with_cache
 from ..pipelines.gato import control_layout, prompted_window
 from ..tokenizers.gato import GatoTokens, collate_tokens
 
-__all__ = ["analyse_lm", "bigram_match", "prompt_attention", "sequence_losses"]
+__all__ = ["analyse_lm", "bigram_match", "next_token_losses", "prompt_attention", "sequence_losses"]
 
 
-def sequence_losses(model: torch.nn.Module, tokens: Tensor, periods: Tensor, data: MarkovRepeats) -> dict[str, float]:
-    """Mean next-token loss on the segments' first occurrences and on their repeats."""
-    with torch.no_grad():
-        logits = model(tokens)[:, :-1]
-        per_token = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), reduction="none").view(
-            len(tokens), -1
-        )
-    first, repeat = data.halves(periods)
-    return {"first": per_token[first].mean().item(), "repeat": per_token[repeat].mean().item()}
+def next_token_losses(logits: Tensor, tokens: Tensor) -> Tensor:
+    """(B, N - 1) cross-entropy of each position's logits (B, N, V) against the token after it."""
+    per_token = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="none")
+    return per_token.view(len(tokens), -1)
+
+
+def sequence_losses(per_token: Tensor, periods: Tensor, data: MarkovRepeats) -> dict[str, Tensor]:
+    """Mean of :func:`next_token_losses` on the segments' first occurrences and on their repeats (0-d tensors)."""
+    first, repeat = (mask.to(per_token.device) for mask in data.halves(periods))
+    return {"first": per_token[first].mean(), "repeat": per_token[repeat].mean()}
 
 
 def bigram_match(model: torch.nn.Module, data: MarkovRepeats, *, sequences: int = 4096, min_count: int = 20) -> dict:
@@ -88,12 +89,13 @@ def analyse_lm(
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, Any] = {"depth": model.cfg.depth}
     tokens, periods = data.batch(1024, seed=1_000_000 + seed, index=0)
-    out["losses"] = sequence_losses(model, tokens, periods, data)
+    with torch.no_grad():
+        losses = sequence_losses(next_token_losses(model(tokens), tokens), periods, data)
+    out["losses"] = {k: v.item() for k, v in losses.items()}
     if model.transformer is None:
         out["bigram"] = bigram_match(model, data)
         return out
-    body = repeated_tokens(batch, period, data.vocab_size - 1, generator=gen) + 1  # ids 1..V-1
-    scored = torch.cat([torch.full((batch, 1), BOS), body], dim=1)
+    scored = repeated_tokens(batch, period, data.vocab_size, low=1, prefix=[BOS], generator=gen)
     with torch.no_grad():
         patterns = attention_patterns(model, scored)  # (L, B, H, N, N)
     scores = {
@@ -144,11 +146,8 @@ def _ablation(model, tokens, periods, data, heads, losses, drop) -> dict[str, An
     repeat = {}
     for mode in ("zero", "mean"):
         with torch.no_grad():
-            logits = ablate_heads(model, lambda: model(tokens), heads, mode=mode)[:, :-1]
-        per_token = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), reduction="none").view(
-            len(tokens), -1
-        )
-        repeat[mode] = per_token[data.halves(periods)[1]].mean().item()
+            logits = ablate_heads(model, lambda: model(tokens), heads, mode=mode)
+        repeat[mode] = sequence_losses(next_token_losses(logits, tokens), periods, data)["repeat"].item()
     restored = {m: (v - losses["repeat"]) / drop for m, v in repeat.items()}
     return {"heads": heads, "repeat_loss": repeat, "share_of_drop_restored": restored}
 

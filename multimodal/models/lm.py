@@ -57,16 +57,10 @@ class TransformerLM(nn.Module):
         self.W_pos = nn.Parameter(torch.randn(cfg.context_length, cfg.dim) * 0.02)  # (ctx, C)
         self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
         self.transformer = (
-            Transformer(cfg.dim, cfg.depth, heads=cfg.heads, mlp=cfg.mlp, mlp_ratio=cfg.mlp_ratio,
-                        norm="layer" if cfg.norm == "none" else cfg.norm)
+            Transformer(cfg.dim, cfg.depth, heads=cfg.heads, mlp=cfg.mlp, mlp_ratio=cfg.mlp_ratio, norm=cfg.norm)
             if cfg.depth else None
         )  # fmt: skip
-        if self.transformer is not None and cfg.norm == "none":
-            for block in self.transformer.blocks:  # no pre-norms: the blocks read the raw residual stream
-                block.norm1 = nn.Identity()
-                if block.mlp is not None:
-                    block.norm2 = nn.Identity()
-        self.norm = nn.Identity() if cfg.norm == "none" else build_norm(cfg.norm, cfg.dim, eps=1e-5)
+        self.norm = build_norm(cfg.norm, cfg.dim, eps=1e-5)
         self.W_U = nn.Parameter(torch.randn(cfg.dim, cfg.vocab_size) * cfg.dim**-0.5)  # (C, V)
 
     def forward(self, tokens: Tensor) -> Tensor:

@@ -137,7 +137,7 @@ class Block(nn.Module):
         """MoE load-balancing loss of the last forward; a zero scalar for dense MLPs."""
         if isinstance(self.mlp, MoEMlp):
             return self.mlp.aux_loss
-        return torch.zeros((), device=self.norm1.weight.device)
+        return torch.zeros((), device=self.attn.proj.weight.device)
 
     def forward(
         self,

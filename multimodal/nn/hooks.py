@@ -17,7 +17,6 @@ only a hook would need (the attention pattern, each head's output).
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -27,7 +26,16 @@ from torch import Tensor, nn
 HookFn = Callable[[Tensor, "HookPoint"], Tensor | None]
 NameFilter = str | Iterable[str] | Callable[[str], bool] | None
 
-__all__ = ["ActivationCache", "HookFn", "HookPoint", "hook_points", "hooks", "run_with_cache", "run_with_hooks"]
+__all__ = [
+    "ActivationCache",
+    "HookFn",
+    "HookPoint",
+    "block_order",
+    "hook_points",
+    "hooks",
+    "run_with_cache",
+    "run_with_hooks",
+]
 
 
 class HookPoint(nn.Module):
@@ -71,6 +79,11 @@ def hook_points(model: nn.Module) -> dict[str, HookPoint]:
     return points
 
 
+def block_order(name: str) -> list[int | str]:
+    """Sort key of a hook-point name in block order: ``blocks.10`` after ``blocks.9``."""
+    return [int(part) if part.isdigit() else part for part in name.split(".")]
+
+
 def _matcher(names: NameFilter) -> Callable[[str], bool]:
     """A hook-point name predicate: None (all), a name, names, or a predicate."""
     if names is None:
@@ -95,7 +108,8 @@ def hooks(model: nn.Module, fwd_hooks: Iterable[tuple[NameFilter, HookFn]]) -> I
         for names, fn in fwd_hooks:
             if isinstance(names, str) and names not in points:
                 raise ValueError(f"no hook point {names!r} in {type(model).__name__}; {_closest(names, points)}")
-            matched = [point for name, point in points.items() if _matcher(names)(name)]
+            match = _matcher(names)
+            matched = [point for name, point in points.items() if match(name)]
             removers += [point.add(fn) for point in matched]
         yield model
     finally:
@@ -126,7 +140,7 @@ class ActivationCache(dict):
         names = [n for n in self if n.endswith("." + suffix)]
         if not names:
             raise KeyError(f"no cached activation ends with {suffix!r}; cached: {', '.join(list(self)[:6])} ...")
-        names.sort(key=lambda n: [int(p) if p.isdigit() else p for p in re.split(r"\.", n)])
+        names.sort(key=block_order)
         return torch.stack([self[n] for n in names])
 
 

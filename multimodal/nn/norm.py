@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-NORMS = ("layer", "rms")
+NORMS = ("layer", "rms", "none")
 
 
 class RMSNorm(nn.Module):
@@ -33,7 +33,8 @@ class RMSNorm(nn.Module):
 
 
 def build_norm(kind: str, dim: int, *, eps: float | None = None) -> nn.Module:
-    """Norm layer by name: "layer" (``nn.LayerNorm``) or "rms" (``RMSNorm``); eps defaults to 1e-6 for both.
+    """Norm layer by name: "layer" (``nn.LayerNorm``), "rms" (``RMSNorm``) or "none" (``nn.Identity``, for the
+    norm-free toy models of circuits work); eps defaults to 1e-6.
 
     timm ViTs use LayerNorm eps 1e-6; open_clip / OpenAI CLIP use 1e-5, so pass eps=1e-5 to load those.
     """
@@ -42,4 +43,6 @@ def build_norm(kind: str, dim: int, *, eps: float | None = None) -> nn.Module:
         return nn.LayerNorm(dim, eps=eps)
     if kind == "rms":
         return RMSNorm(dim, eps=eps)
+    if kind == "none":
+        return nn.Identity()
     raise ValueError(f"unknown norm {kind!r}; valid norms: {', '.join(NORMS)}")

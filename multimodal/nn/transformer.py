@@ -95,7 +95,7 @@ class Transformer(nn.Module):
         """Sum of the blocks' MoE load-balancing losses from the last forward (zero scalar without MoE)."""
         losses = [blk.aux_loss for blk in self.blocks if isinstance(blk.mlp, MoEMlp)]
         if not losses:
-            return torch.zeros((), device=self.blocks[0].norm1.weight.device)
+            return torch.zeros((), device=self.blocks[0].attn.proj.weight.device)
         return torch.stack(losses).sum()
 
     def forward(

@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from multimodal.circuits import attention_patterns, induction_scores, previous_token_scores, repeated_tokens
 from multimodal.data import SkipStats
 from multimodal.data.sequences import BOS, MarkovRepeats
+from multimodal.evaluation.circuits import next_token_losses, sequence_losses
 
 from ..config import TaskConfig, TrainConfig
 from .base import Task
@@ -68,14 +68,12 @@ class LmTask(Task):
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         tokens = batch["tokens"].to(next(model.parameters()).device)
-        logits = model(tokens)[:, :-1]  # (B, N-1, V): position t predicts token t+1
-        per_token = F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction="none")
-        per_token = per_token.view(len(tokens), -1)  # (B, N-1)
-        first, repeat = (mask.to(per_token.device) for mask in self.data.halves(batch["periods"]))
+        per_token = next_token_losses(model(tokens), tokens)  # (B, N-1): position t predicts token t+1
+        halves = sequence_losses(per_token.detach(), batch["periods"], self.data)
         logs = {
             "loss": per_token.mean().detach(),
-            "first_half_loss": per_token[first].mean().detach(),  # bigram statistics only
-            "repeat_loss": per_token[repeat].mean().detach(),  # copyable from the first occurrence
+            "first_half_loss": halves["first"],  # bigram statistics only
+            "repeat_loss": halves["repeat"],  # copyable from the first occurrence
         }
         return per_token.mean(), logs
 
@@ -87,8 +85,8 @@ class LmTask(Task):
             metrics = {k: float(v) for k, v in logs.items()}
             if getattr(net, "transformer", None) is not None:
                 gen = torch.Generator().manual_seed(EVAL_SEED)
-                body = repeated_tokens(64, o.score_period, o.vocab_size - 1, generator=gen) + 1  # ids 1..V-1
-                patterns = attention_patterns(net, torch.cat([torch.full((64, 1), BOS), body], dim=1))
+                scored = repeated_tokens(64, o.score_period, o.vocab_size, low=1, prefix=[BOS], generator=gen)
+                patterns = attention_patterns(net, scored)
                 induction = induction_scores(patterns, o.score_period, prefix=1)  # (L, H)
                 previous = previous_token_scores(patterns)
                 for layer in range(len(induction)):
