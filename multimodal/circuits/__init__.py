@@ -1,6 +1,6 @@
 """Transformer circuits on the shared backbone (Elhage et al. 2021): per-head weights read out of the fused layers,
 QK and OV circuits as factored matrices, composition and copying scores. Activations come from the hook points of
-:mod:`multimodal.nn.hooks`."""
+:mod:`multimodal.nn.hooks`; :func:`to_hooked_transformer` takes a TransformerLM into TransformerLens."""
 
 from .composition import composition_baseline, composition_scores, copying_scores
 from .factored import FactoredMatrix
@@ -14,6 +14,7 @@ from .heads import (
     previous_token_scores,
     repeated_tokens,
 )
+from .interop import to_hooked_transformer, transformer_lens_name
 from .weights import HeadWeights, head_weights
 
 __all__ = [
@@ -31,4 +32,6 @@ __all__ = [
     "patch_residual",
     "previous_token_scores",
     "repeated_tokens",
+    "to_hooked_transformer",
+    "transformer_lens_name",
 ]

@@ -23,6 +23,8 @@ from .registry import register_model
 
 __all__ = ["TransformerLM", "TransformerLMConfig"]
 
+NORM_EPS = 1e-5  # every norm's, as in GPT-2 and TransformerLens's default
+
 
 @dataclasses.dataclass(frozen=True)
 class TransformerLMConfig(Config):
@@ -57,10 +59,11 @@ class TransformerLM(nn.Module):
         self.W_pos = nn.Parameter(torch.randn(cfg.context_length, cfg.dim) * 0.02)  # (ctx, C)
         self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
         self.transformer = (
-            Transformer(cfg.dim, cfg.depth, heads=cfg.heads, mlp=cfg.mlp, mlp_ratio=cfg.mlp_ratio, norm=cfg.norm)
+            Transformer(cfg.dim, cfg.depth, heads=cfg.heads, mlp=cfg.mlp, mlp_ratio=cfg.mlp_ratio, norm=cfg.norm,
+                        norm_eps=NORM_EPS)
             if cfg.depth else None
         )  # fmt: skip
-        self.norm = build_norm(cfg.norm, cfg.dim, eps=1e-5)
+        self.norm = build_norm(cfg.norm, cfg.dim, eps=NORM_EPS)
         self.W_U = nn.Parameter(torch.randn(cfg.dim, cfg.vocab_size) * cfg.dim**-0.5)  # (C, V)
 
     def forward(self, tokens: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ from .drop_path import DropPath, drop_path
 from .hooks import ActivationCache, HookPoint, hook_points, hooks, run_with_cache, run_with_hooks
 from .mlp import Mlp, QuickGELU, SwiGLU, get_act_layer
 from .moe import MoEMlp, switch_load_balancing_loss
-from .norm import RMSNorm, build_norm
+from .norm import LayerNorm, RMSNorm, build_norm
 from .patch_embed import ConvStem, PatchEmbed
 from .positional import LearnedPositionalEmbedding, sincos_2d_embedding, sinusoidal_embedding
 from .transformer import Transformer
@@ -20,6 +20,7 @@ __all__ = [
     "ConvStem",
     "DropPath",
     "HookPoint",
+    "LayerNorm",
     "LayerScale",
     "LearnedPositionalEmbedding",
     "Mlp",

@@ -7,7 +7,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from multimodal.nn import Attention, Mlp, Transformer, hook_points, hooks, run_with_cache, run_with_hooks
+from multimodal.nn import (
+    Attention,
+    LayerNorm,
+    Mlp,
+    RMSNorm,
+    Transformer,
+    hook_points,
+    hooks,
+    run_with_cache,
+    run_with_hooks,
+)
 
 
 def tiny(**kwargs) -> Transformer:
@@ -20,7 +30,8 @@ def test_hook_points_are_named_by_their_path_with_transformerlens_suffixes() -> 
     for i in range(2):
         block = {f"blocks.{i}.hook_{n}" for n in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")}
         attn = {f"blocks.{i}.attn.hook_{n}" for n in ("q", "k", "v", "attn_scores", "pattern", "z", "result")}
-        assert block | attn | {f"blocks.{i}.mlp.hook_pre", f"blocks.{i}.mlp.hook_post"} <= names
+        norms = {f"blocks.{i}.{norm}.hook_{n}" for norm in ("norm1", "norm2") for n in ("scale", "normalized")}
+        assert block | attn | norms | {f"blocks.{i}.mlp.hook_pre", f"blocks.{i}.mlp.hook_post"} <= names
     assert not any("hook" in key for key in tiny().state_dict())  # no parameters, no buffers: checkpoints unchanged
 
 
@@ -68,6 +79,29 @@ def test_cached_activations_are_what_the_block_computes() -> None:
     torch.testing.assert_close(F.gelu(cache["blocks.0.mlp.hook_pre"]), cache["blocks.0.mlp.hook_post"])
     stacked = cache.stack("attn.hook_pattern")  # (layers, B, H, N, M), block order
     assert stacked.shape == (2, 2, 4, 5, 5) and torch.equal(stacked[1], cache["blocks.1.attn.hook_pattern"])
+
+
+@pytest.mark.parametrize("kind", ["layer", "rms"])
+def test_norm_hooks_read_and_replace_the_scale(kind: str) -> None:
+    """hook_scale is sqrt(var + eps) (RMSNorm: sqrt(mean square + eps)), hook_normalized the input over it before
+    the learned affine; hooked or not, the output is the fused kernel's; a replaced scale divides the input."""
+    torch.manual_seed(0)
+    norm = LayerNorm(8, eps=1e-5) if kind == "layer" else RMSNorm(8, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        if kind == "layer":
+            norm.bias.normal_()
+    x = 3 * torch.randn(2, 5, 8) + 1
+    plain = norm(x)
+    out, cache = run_with_cache(norm, x)
+    torch.testing.assert_close(out, plain)
+    centred = x - x.mean(-1, keepdim=True) if kind == "layer" else x
+    scale = (centred.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt()  # (2, 5, 1)
+    torch.testing.assert_close(cache["hook_scale"], scale)
+    torch.testing.assert_close(cache["hook_normalized"], centred / scale)
+    frozen = run_with_hooks(norm, x, fwd_hooks=[("hook_scale", lambda s, hook: torch.full_like(s, 2.0))])
+    shift = norm.bias if kind == "layer" else 0
+    torch.testing.assert_close(frozen, centred / 2 * norm.weight + shift)
 
 
 def test_a_hook_replaces_an_activation_downstream() -> None:
