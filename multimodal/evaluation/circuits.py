@@ -6,7 +6,8 @@ Elhage et al. 2021 and Olsson et al. 2022 measure on their toy models, measured 
 * the Q-, K- and V-composition of every head with every head of a later layer, against random low-rank maps of
   the same shapes;
 * in-context learning: loss on the first occurrence of each segment and on its repeat, then with the best induction
-  head ablated (how much of the drop it accounts for);
+  head ablated (how much of the drop it accounts for), every induction head ablated, and the earlier head the best
+  one's keys K-compose with most ablated;
 * for a model without blocks, how well the direct path W_E W_U matches the data's log-bigram table.
 
 :func:`prompt_attention` asks the GATO question: where do a control policy's action tokens look, on prompted
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..circuits import (
+    HeadWeights,
     ablate_heads,
     attention_patterns,
     composition_baseline,
@@ -34,6 +36,7 @@ from ..circuits import (
     induction_scores,
     previous_token_scores,
     repeated_tokens,
+    to_hooked_transformer,
 )
 from ..data.control import EnvSpec
 from ..data.sequences import BOS, MarkovRepeats, bigram_log_probs
@@ -41,7 +44,17 @@ from ..nn.hooks import run_with_cache
 from ..pipelines.gato import control_layout, prompted_window
 from ..tokenizers.gato import GatoTokens, collate_tokens
 
-__all__ = ["analyse_lm", "bigram_match", "next_token_losses", "prompt_attention", "sequence_losses"]
+__all__ = [
+    "analyse_lm",
+    "analyse_text_tower",
+    "analyse_vision_tower",
+    "bigram_match",
+    "next_token_losses",
+    "prompt_attention",
+    "sequence_losses",
+    "top_compositions",
+    "transformer_lens_agreement",
+]
 
 
 def next_token_losses(logits: Tensor, tokens: Tensor) -> Tensor:
@@ -98,17 +111,8 @@ def analyse_lm(
     scored = repeated_tokens(batch, period, data.vocab_size, low=1, prefix=[BOS], generator=gen)
     with torch.no_grad():
         patterns = attention_patterns(model, scored)  # (L, B, H, N, N)
-    scores = {
-        "previous_token": previous_token_scores(patterns),
-        "duplicate_token": duplicate_token_scores(patterns, period, prefix=1),
-        "induction": induction_scores(patterns, period, prefix=1),
-    }
-    uniform = _uniform_patterns(scored.shape[1])
-    out["chance"] = {
-        "previous_token": previous_token_scores(uniform).item(),
-        "duplicate_token": duplicate_token_scores(uniform, period, prefix=1).item(),
-        "induction": induction_scores(uniform, period, prefix=1).item(),
-    }
+    scores = _head_scores(patterns, period)
+    out["chance"] = {k: v.item() for k, v in _head_scores(_uniform_patterns(scored.shape[1]), period).items()}
     out["heads"] = [
         {"layer": layer, "head": head, **{k: v[layer, head].item() for k, v in scores.items()}}
         for layer in range(patterns.shape[0])
@@ -117,27 +121,200 @@ def analyse_lm(
     out["patterns"] = patterns[:, 0]  # (L, H, N, N): the first sequence's, for pictures
     best = max(out["heads"], key=lambda h: h["induction"])
     out["best_induction"] = {"layer": best["layer"], "head": best["head"], "score": best["induction"]}
+    out.update(top_compositions(head_weights(model), baselines=baselines, seed=seed))
+    induction_heads = [(h["layer"], h["head"]) for h in out["heads"] if h["induction"] >= best["induction"] / 2]
+    ablated = {"best induction head": [(best["layer"], best["head"])], "induction heads": induction_heads}
+    if "composition" in out:  # the earlier head whose output the best induction head's keys read most
+        into_best = [p for p in out["composition"]["k"] if p["to"] == (best["layer"], best["head"])]
+        if into_best:
+            out["k_partner"] = into_best[0]
+            ablated["its K-composition partner"] = [into_best[0]["from"]]
+    drop = out["losses"]["first"] - out["losses"]["repeat"]
+    out["ablation"] = [{"what": what, **_ablation(model, tokens, periods, data, heads, out["losses"], drop)}
+                       for what, heads in ablated.items()]  # fmt: skip
+    return out
+
+
+def transformer_lens_agreement(
+    model: torch.nn.Module, vocab_size: int, *, period: int = 20, batch: int = 64, seed: int = 0
+) -> dict[str, float]:
+    """Largest absolute differences between ``model`` and the same weights in a TransformerLens ``HookedTransformer``
+    (norms folded) on the sequences :func:`analyse_lm` scores: logits, attention patterns, the induction and
+    previous-token scores computed from each one's patterns, and the composition scores (ours against
+    ``HookedTransformer.all_composition_scores``)."""
+    hooked = to_hooked_transformer(model, fold_norm=True)
+    gen = torch.Generator().manual_seed(seed)
+    tokens = repeated_tokens(batch, period, vocab_size, low=1, prefix=[BOS], generator=gen)
+    model.eval()
+    with torch.no_grad():
+        ours, cache = run_with_cache(model, tokens, names_filter=lambda name: name.endswith("attn.hook_pattern"))
+        theirs, their_cache = hooked.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_pattern"))
+    out = {"logits": (ours - theirs).abs().max().item()}
+    if model.transformer is None:
+        return out
+    mine, other = cache.stack("attn.hook_pattern"), their_cache.stack_activation("pattern")  # (L, B, H, N, N)
+    out["patterns"] = (mine - other).abs().max().item()
+
+    def induction(patterns: Tensor) -> Tensor:
+        return induction_scores(patterns, period, prefix=1)
+
+    for name, score in (("induction", induction), ("previous_token", previous_token_scores)):
+        out[name] = (score(mine) - score(other)).abs().max().item()
     weights = head_weights(model)
-    if weights.layers > 1:
-        chance = composition_baseline(*weights.W_Q.shape[-2:], samples=baselines, seed=seed)
-        out["composition_baseline"] = {
+    for mode in ("q", "k", "v"):
+        scores = composition_scores(weights, mode)
+        later = ~scores.isnan()
+        out[f"{mode}_composition"] = (
+            (scores[later] - hooked.all_composition_scores(mode.upper())[later]).abs().max().item()
+            if later.any()
+            else 0.0
+        )
+    return out
+
+
+def top_compositions(weights: HeadWeights, *, baselines: int = 500, seed: int = 0) -> dict[str, Any]:
+    """Every pair's Q-, K- and V-composition score, best first, and the random low-rank baseline; empty for a
+    single layer (no later head to compose with)."""
+    if weights.layers < 2:
+        return {}
+    chance = composition_baseline(*weights.W_Q.shape[-2:], samples=baselines, seed=seed)
+    out: dict[str, Any] = {
+        "composition_baseline": {
             "mean": chance.mean().item(),
             "std": chance.std().item(),
             "p99": chance[int(0.99 * (len(chance) - 1))].item(),
             "samples": baselines,
-        }
-        out["composition"] = {}
-        for mode in ("q", "k", "v"):
-            scores_ = composition_scores(weights, mode)  # (L, H, L, H), NaN unless the second is later
-            pairs = [
-                {"from": (l1, h1), "to": (l2, h2), "score": scores_[l1, h1, l2, h2].item()}
-                for l1, h1, l2, h2 in (~scores_.isnan()).nonzero().tolist()
-            ]
-            out["composition"][mode] = sorted(pairs, key=lambda p: -p["score"])
-    induction_heads = [(h["layer"], h["head"]) for h in out["heads"] if h["induction"] >= best["induction"] / 2]
-    drop = out["losses"]["first"] - out["losses"]["repeat"]
-    out["ablation"] = [_ablation(model, tokens, periods, data, heads, out["losses"], drop)
-                       for heads in ([(best["layer"], best["head"])], induction_heads)]  # fmt: skip
+        },
+        "composition": {},
+    }
+    for mode in ("q", "k", "v"):
+        scores = composition_scores(weights, mode)  # (L, H, L, H), NaN unless the second is later
+        pairs = [
+            {"from": (l1, h1), "to": (l2, h2), "score": scores[l1, h1, l2, h2].item()}
+            for l1, h1, l2, h2 in (~scores.isnan()).nonzero().tolist()
+        ]
+        out["composition"][mode] = sorted(pairs, key=lambda p: -p["score"])
+    return out
+
+
+def _block_patterns(tower: torch.nn.Module, *args: Any) -> Tensor:
+    """(L, B, H, N, N) self-attention patterns of ``tower.transformer``'s blocks (not of an attention-pool head)."""
+    _, cache = run_with_cache(
+        tower, *args, names_filter=lambda n: n.startswith("transformer.blocks.") and n.endswith(".attn.hook_pattern")
+    )
+    return cache.stack("attn.hook_pattern")
+
+
+def analyse_text_tower(
+    tower: torch.nn.Module,
+    tokenizer: Any,
+    captions: list[str],
+    *,
+    batch: int = 64,
+    seed: int = 0,
+    baselines: int = 500,
+) -> dict[str, Any]:
+    """A CLIP text tower (causal, pooled at the end-of-text token) on ``captions`` and on repeated caption words.
+
+    Per head: where the end-of-text query (the token the text embedding is taken from) attends: the start token,
+    itself, and the caption words it reads most (mean share over captions, by word); and the previous-token,
+    duplicate and induction scores on ``[sot] w w [eot]``, ``w`` a run of ``period`` ids drawn from the captions'
+    words, ``period`` as long as the context allows. Plus the chance levels and the top compositions.
+    """
+    tower.eval()
+    ids = tokenizer(captions)  # (B, L): sot, words, eot, padding
+    eot = ids.argmax(dim=-1)  # (B,) open_clip's argmax pooling
+    with torch.no_grad():
+        patterns = _block_patterns(tower, ids)  # (L, B, H, N, N)
+    L, B, H, N, _ = patterns.shape
+    rows = patterns.permute(1, 3, 0, 2, 4)[torch.arange(B), eot].transpose(0, 1)  # (L, B, H, N): end-of-text rows
+    words: dict[str, Tensor] = {}
+    for b in range(B):
+        for position in range(1, int(eot[b])):
+            word = tokenizer.decode([int(ids[b, position])]).strip()
+            words[word] = words.get(word, torch.zeros(L, H)) + rows[:, b, :, position] / B
+    heads = []
+    for layer in range(L):
+        for head in range(H):
+            top = sorted(words.items(), key=lambda kv: -kv[1][layer, head].item())[:3]
+            heads.append({
+                "layer": layer, "head": head,
+                "eot_to_sot": rows[layer, :, head, 0].mean().item(),
+                "eot_to_itself": rows[layer, torch.arange(B), head, eot].mean().item(),
+                "eot_top_words": [(w, share[layer, head].item()) for w, share in top],
+            })  # fmt: skip
+    out: dict[str, Any] = {"captions": B, "chance": {"eot_to_sot": (1.0 / (eot + 1).float()).mean().item()}}
+    vocab = torch.tensor(sorted({int(i) for i in ids.flatten()} - {0, tokenizer.sot_token_id, tokenizer.eot_token_id}))
+    period = (N - 2) // 2
+    if len(vocab) >= 2 and period >= 2:
+        gen = torch.Generator().manual_seed(seed)
+        said = vocab[repeated_tokens(batch, period, len(vocab), generator=gen)]  # (batch, 2 * period)
+        sot, end = torch.full((batch, 1), tokenizer.sot_token_id), torch.full((batch, 1), tokenizer.eot_token_id)
+        with torch.no_grad():
+            repeated = _block_patterns(tower, torch.cat([sot, said, end], dim=1))[..., :-1, :-1]  # causal: eot off
+        scores = _head_scores(repeated, period)
+        for h in heads:
+            h.update({k: v[h["layer"], h["head"]].item() for k, v in scores.items()})
+        out["chance"].update({k: v.item() for k, v in _head_scores(_uniform_patterns(2 * period + 1), period).items()})
+        out["period"], out["word_ids"] = period, len(vocab)
+    out["heads"] = heads
+    out["patterns"] = patterns[:, 0]  # (L, H, N, N): the first caption's
+    out["first_caption"] = [tokenizer.decode([int(i)]).strip() or "<sot>" for i in ids[0, : int(eot[0]) + 1]]
+    out.update(top_compositions(head_weights(tower), baselines=baselines, seed=seed))
+    return out
+
+
+def _head_scores(patterns: Tensor, period: int) -> dict[str, Tensor]:
+    """Previous-token, duplicate-token and induction scores (L, H) on one-token-prefixed repeats of ``period``."""
+    return {
+        "previous_token": previous_token_scores(patterns),
+        "duplicate_token": duplicate_token_scores(patterns, period, prefix=1),
+        "induction": induction_scores(patterns, period, prefix=1),
+    }
+
+
+def analyse_vision_tower(
+    tower: torch.nn.Module, images: Tensor, *, seed: int = 0, baselines: int = 500
+) -> dict[str, Any]:
+    """A ViT (a classifier or CLIP's image tower) on ``images``: per head, where the class token's query attends
+    (itself, the patches), and, for patch queries, their share to the class token, to themselves, and their mean
+    attention distance in patches (Dosovitskiy et al. 2021, Fig. 7), against uniform attention; the class token's
+    attention over the patch grid of the first image (for pictures); the top compositions."""
+    tower.eval()
+    prefix = tower.num_prefix_tokens
+    grid_h, grid_w = tower.patch_embed.grid_size
+    with torch.no_grad():
+        patterns = _block_patterns(tower, images)  # (L, B, H, T, T), T = prefix + grid_h * grid_w
+    L, B, H, T, _ = patterns.shape
+    cells = torch.stack(torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij"), -1).flatten(0, 1)
+    distance = torch.cdist(cells.float(), cells.float())  # (P, P) in patches
+    to_patches = patterns[..., prefix:, prefix:]  # (L, B, H, P, P): patch queries to patch keys
+    share = to_patches.sum(-1).clamp_min(1e-12)  # (L, B, H, P)
+    mean_distance = ((to_patches * distance).sum(-1) / share).mean(dim=(1, 3))  # (L, H)
+    self_share = to_patches.diagonal(dim1=-2, dim2=-1).mean(dim=(1, 3))  # (L, H)
+    heads = []
+    for layer in range(L):
+        for head in range(H):
+            row = {"layer": layer, "head": head, "patch_mean_distance": mean_distance[layer, head].item(),
+                   "patch_to_itself": self_share[layer, head].item()}  # fmt: skip
+            if prefix:
+                row["cls_to_cls"] = patterns[layer, :, head, 0, 0].mean().item()
+                row["patch_to_cls"] = patterns[layer, :, head, prefix:, 0].mean().item()
+            heads.append(row)
+    out: dict[str, Any] = {
+        "images": B,
+        "grid": (grid_h, grid_w),
+        "prefix_tokens": prefix,
+        "heads": heads,
+        "chance": {
+            "patch_mean_distance": distance.mean().item(),  # uniform over the patches
+            "patch_to_itself": 1.0 / T,
+            **({"cls_to_cls": 1.0 / T, "patch_to_cls": 1.0 / T} if prefix else {}),
+        },
+    }
+    if prefix:
+        out["cls_maps"] = patterns[:, 0, :, 0, prefix:].reshape(L, H, grid_h, grid_w)  # the first image's
+    out.update(top_compositions(head_weights(tower), baselines=baselines, seed=seed))
     return out
 
 

@@ -36,6 +36,25 @@ def test_the_chain_is_row_stochastic_never_returns_to_bos_and_its_bigrams_are_re
     torch.testing.assert_close(log_p[1:, 1:].exp(), P[1:, 1:].double(), atol=0.03, rtol=0)
 
 
+@pytest.mark.parametrize("second_order", [0.0, 1.0])
+def test_with_second_order_the_token_two_back_steers_the_next(second_order: float) -> None:
+    """A sharp chain is nearly deterministic given what its logits read: with second_order the argmax of both
+    tables predicts the sampled token, that of the first alone much less; without it the first alone does."""
+    data = MarkovRepeats(vocab_size=16, min_period=100, max_period=100, sharpness=16.0, second_order=second_order)
+    first, second = data.logits()
+    assert first.shape == second.shape == (16, 16) and (first[:, BOS] == -math.inf).all()
+    assert (second == 0).all() == (second_order == 0)
+    tokens = data.batch(64, seed=0, index=0)[0][:, 1:101]  # the first occurrences only
+    previous, two_back, nxt = tokens[:, 1:-1], tokens[:, :-2], tokens[:, 2:]
+    both = (first[previous] + second[two_back]).argmax(-1)
+    alone = first[previous].argmax(-1)
+    assert (both == nxt).float().mean() > 0.9  # 0.93 and 0.97 here
+    if second_order:
+        assert (alone == nxt).float().mean() < 0.5  # 0.14 here
+    else:
+        assert torch.equal(both, alone)
+
+
 def test_bigram_log_probs_count_pairs() -> None:
     log_p, counts = bigram_log_probs(torch.tensor([[0, 1, 1, 2]]), 3)
     assert counts.tolist() == [[0, 1, 0], [0, 1, 1], [0, 0, 0]]
@@ -47,3 +66,5 @@ def test_bad_settings_are_refused() -> None:
         MarkovRepeats(vocab_size=2)
     with pytest.raises(ValueError, match="2 <= min_period <= max_period"):
         MarkovRepeats(min_period=9, max_period=8)
+    with pytest.raises(ValueError, match="second_order >= 0"):
+        MarkovRepeats(second_order=-1.0)

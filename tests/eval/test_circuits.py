@@ -8,6 +8,8 @@ import json
 import pytest
 
 from eval import circuits
+from tests.conftest import tiny_recipe, train_recipe
+from tests.training.test_clip_task import clip_recipe
 from tests.training.test_gato_task import control_cards  # noqa: F401 (a fixture)
 from tests.training.test_gato_task import recipe as gato_recipe
 from tests.training.test_lm_task import recipe
@@ -26,15 +28,22 @@ def runs(tmp_path_factory):
 
 
 def test_a_two_layer_run_gets_its_head_table_compositions_ablations_and_pictures(runs, capsys) -> None:
-    assert circuits.main(["--checkpoint", str(runs / "attn2"), "--period", "5"]) == 0
+    assert circuits.main(["--checkpoint", str(runs / "attn2"), "--period", "5", "--transformer-lens"]) == 0
     printed = capsys.readouterr().out
     assert "layer head prev-token duplicate induction" in printed and "chance" in printed
+    assert "TransformerLens on the same weights, largest absolute difference: logits" in printed
     saved = json.loads((runs / "attn2" / "eval" / "circuits.json").read_text())
     assert len(saved["heads"]) == 4 and set(saved["composition"]) == {"q", "k", "v"}
     assert len(saved["composition"]["k"]) == 4  # 2 heads of layer 0 x 2 heads of layer 1
     assert 0 < saved["composition_baseline"]["mean"] < saved["composition_baseline"]["p99"] < 1
-    best = saved["ablation"][0]
-    assert len(best["heads"]) == 1 and set(best["repeat_loss"]) == {"zero", "mean"}
+    best, _, partner = saved["ablation"]
+    assert best["what"] == "best induction head" and len(best["heads"]) == 1
+    assert set(best["repeat_loss"]) == {"zero", "mean"}
+    assert partner["what"] == "its K-composition partner" and partner["heads"] == [saved["k_partner"]["from"]]
+    assert saved["k_partner"]["to"] == best["heads"][0] and saved["k_partner"]["from"][0] == 0
+    agreement = saved["transformer_lens"]
+    assert set(agreement) >= {"logits", "patterns", "induction", "k_composition"}
+    assert max(agreement.values()) <= 1e-4
     assert (runs / "attn2" / "eval" / "circuits-patterns.png").stat().st_size > 0
     assert (runs / "attn2" / "eval" / "circuits-scores.png").stat().st_size > 0
 
@@ -47,9 +56,42 @@ def test_a_zero_layer_run_gets_its_bigram_match(runs, capsys) -> None:
 
 
 def test_a_run_of_another_task_is_refused(tmp_path, capsys) -> None:
-    (tmp_path / "config.yaml").write_text("task: {name: clip}\nmodel: {name: clip_nano}\n")
+    (tmp_path / "config.yaml").write_text("task: {name: unclip_prior}\nmodel: {name: prior_nano}\n")
     assert circuits.main(["--checkpoint", str(tmp_path)]) != 0
-    assert "is a 'clip' run; eval.circuits reads runs of the lm and gato tasks" in capsys.readouterr().err
+    assert "is a 'unclip_prior' run; eval.circuits reads runs of the lm, gato, clip and" in capsys.readouterr().err
+
+
+def test_a_clip_run_gets_both_towers_tables_compositions_and_pictures(tiny_shapes, tmp_path, capsys) -> None:
+    recipe = clip_recipe(tiny_shapes, tmp_path / "clip")
+    for tower in ("vision", "text"):
+        recipe["model"]["args"][tower]["layers"] = 2
+    train_recipe(tmp_path, recipe)
+    assert circuits.main(["--checkpoint", str(tmp_path / "clip"), "--images", "16"]) == 0
+    printed = capsys.readouterr().out
+    assert "CLIP text tower on 16 captions" in printed and "CLIP image tower on 16 images (4x4 patches" in printed
+    saved = json.loads((tmp_path / "clip" / "eval" / "circuits.json").read_text())
+    text, vision = saved["text"], saved["vision"]
+    assert len(text["heads"]) == len(vision["heads"]) == 2 * 2  # 2 layers x 2 heads
+    for head in text["heads"]:
+        assert 0 <= head["eot_to_sot"] + head["eot_to_itself"] <= 1 + 1e-5
+        assert 0 < sum(share for _, share in head["eot_top_words"]) <= 1 - head["eot_to_sot"] + 1e-5
+        assert all(0 <= head[k] <= 1 for k in ("previous_token", "duplicate_token", "induction"))
+    uniform = sum(1 / (i + 1) for i in range(8, 15)) / 7  # queries 8..14 of [sot] w w (w: 7 ids) see i + 1 keys
+    assert text["period"] == 7 and text["chance"]["induction"] == pytest.approx(uniform)
+    for head in vision["heads"]:  # 16 patches on a 4x4 grid: distances between 0 and sqrt(18)
+        assert 0 <= head["patch_mean_distance"] <= 18**0.5 and 0 <= head["patch_to_cls"] + head["patch_to_itself"] <= 1
+    assert vision["chance"]["cls_to_cls"] == pytest.approx(1 / 17)
+    assert len(text["composition"]["k"]) == len(vision["composition"]["k"]) == 4
+    for picture in ("circuits-text-patterns.png", "circuits-cls-maps.png"):
+        assert (tmp_path / "clip" / "eval" / picture).stat().st_size > 0
+
+
+def test_a_vit_run_gets_its_head_table(tiny_shapes, tmp_path, capsys) -> None:
+    train_recipe(tmp_path, tiny_recipe(tiny_shapes, tmp_path / "vit"))
+    assert circuits.main(["--checkpoint", str(tmp_path / "vit"), "--images", "8"]) == 0
+    assert "ViT on 8 images (4x4 patches and a class token)" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "vit" / "eval" / "circuits.json").read_text())["vision"]
+    assert len(saved["heads"]) == 2 * 2 and saved["composition"]["q"][0]["score"] > 0
 
 
 def test_a_gato_run_gets_where_its_action_tokens_look(tiny_shapes, control_cards, tmp_path, capsys) -> None:  # noqa: F811

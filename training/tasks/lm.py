@@ -32,6 +32,7 @@ class LmOptions(TaskConfig, task="lm"):
     max_period: int = 24
     score_period: int = 20  # head scores: BOS, then this many uniform random ids, twice
     sharpness: float = 2.0  # std of the Markov chain's transition logits
+    second_order: float = 0.0  # weight of the token two back in them (0: a bigram chain)
     chain_seed: int = 0  # the chain every run of the recipe shares
     eval_sequences: int = 512
 
@@ -45,8 +46,8 @@ class LmTask(Task):
     def __init__(self, cfg: TrainConfig, acc=None) -> None:
         super().__init__(cfg, acc)
         o = self.opts
-        self.data = MarkovRepeats(o.vocab_size, o.min_period, o.max_period, o.sharpness, o.chain_seed)
-        self.chain = self.data.transitions()
+        self.data = MarkovRepeats(**{f.name: getattr(o, f.name) for f in dataclasses.fields(MarkovRepeats)})
+        self.chain = self.data.logits()
 
     def resolve(self) -> TrainConfig:
         args = dict(self.cfg.model.args or {})
@@ -61,7 +62,7 @@ class LmTask(Task):
         size, seed = self.cfg.data.batch_size, self.cfg.run.seed
         index = start_batch
         while True:
-            tokens, periods = self.data.batch(size, seed=seed * world + rank, index=index, transitions=self.chain)
+            tokens, periods = self.data.batch(size, seed=seed * world + rank, index=index, logits=self.chain)
             keys = [f"{rank}:{index}:{i}" for i in range(size)]
             yield {"tokens": tokens, "periods": periods, "size": size, "key": keys, "skipped": []}
             index += 1
@@ -79,7 +80,7 @@ class LmTask(Task):
 
     def evaluate(self, model: nn.Module, *, step: int = 0) -> tuple[dict[str, float], SkipStats]:
         net, o = self.unwrap(model), self.opts
-        tokens, periods = self.data.batch(o.eval_sequences, seed=EVAL_SEED, index=0, transitions=self.chain)
+        tokens, periods = self.data.batch(o.eval_sequences, seed=EVAL_SEED, index=0, logits=self.chain)
         with self.evaluation_mode(net):
             _, logs = self.loss(net, {"tokens": tokens, "periods": periods})
             metrics = {k: float(v) for k, v in logs.items()}
