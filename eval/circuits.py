@@ -22,6 +22,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from multimodal.circuits import head_weights
 from multimodal.config import ConfigError
 from multimodal.data import ensure_dataset, load_card, make_loader
 from multimodal.data.control import env_spec, read_episodes
@@ -31,6 +32,7 @@ from multimodal.evaluation.circuits import (
     analyse_text_tower,
     analyse_vision_tower,
     prompt_attention,
+    top_compositions,
     transformer_lens_agreement,
 )
 from multimodal.evaluation.classification import eval_stream
@@ -212,8 +214,19 @@ def run_gato(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
         results[card.name] = prompt_attention(model, episodes, env_spec(card.generator_args["env_id"]), seed=args.seed)
     if not results:
         raise ConfigError(f"the GATO run at {args.checkpoint} trained on no control dataset")
-    table = "\n\n".join(gato_table(out) for out in results.values())
-    write_result(args, "circuits.json", {"checkpoint": str(args.checkpoint), "control": results}, table=table)
+    folder = result_path(args, "circuits.json").parent
+    regions = ("prompt", "prompt_actions", "own_timestep", "earlier_window")
+    for out in results.values():  # rows: heads of a layer; columns: the regions, as a share of attention
+        layers = sorted({h["layer"] for h in out["heads"]})
+        panels = [(f"layer {i}", [[h[r] for r in regions] for h in out["heads"] if h["layer"] == i]) for i in layers]
+        title = (
+            f"{out['env']}: action tokens' attention to the prompt, its actions, the own timestep, earlier timesteps"
+        )
+        heat_maps(panels, folder / f"circuits-{out['env']}.png", title=title + " (columns); heads (rows)", cell=28)
+    compositions = top_compositions(head_weights(model), seed=args.seed)
+    table = "\n\n".join(gato_table(out) for out in results.values()) + "\n".join(composition_lines(compositions))
+    saved = {"checkpoint": str(args.checkpoint), "control": results, **compositions}
+    write_result(args, "circuits.json", saved, table=table)
     return results
 
 

@@ -100,7 +100,10 @@ def test_a_gato_run_gets_where_its_action_tokens_look(tiny_shapes, control_cards
     assert circuits.main(["--checkpoint", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "CartPole-v1: attention from window action tokens" in printed and "Pendulum-v1:" in printed
-    saved = json.loads((out / "eval" / "circuits.json").read_text())["control"]
+    everything = json.loads((out / "eval" / "circuits.json").read_text())
+    assert len(everything["composition"]["k"]) == 2 * 2 and "composition, top 3 of each" in printed
+    assert (out / "eval" / "circuits-CartPole-v1.png").stat().st_size > 0
+    saved = everything["control"]
     for result in saved.values():
         assert len(result["heads"]) == 2 * 2 and result["queries"] > 0  # 2 layers x 2 heads
         regions = ("prompt", "own_timestep", "earlier_window")  # the rest of each row: the query itself
