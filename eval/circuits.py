@@ -2,7 +2,8 @@
 
 For a GATO run: where each head's attention from the window's action tokens goes, on prompted sequences of each
 control dataset of its mixture (the demonstration, its actions, the own timestep, earlier timesteps), against
-uniform attention.
+uniform attention; and whether the policy uses its demonstration's actions: its action loss and accuracy with them
+shuffled among the demonstration's timesteps, and with the heads that look at them most ablated.
 
 For a language model of the lm task:
 
@@ -32,6 +33,7 @@ from multimodal.evaluation.circuits import (
     analyse_text_tower,
     analyse_vision_tower,
     prompt_attention,
+    prompt_use,
     top_compositions,
     transformer_lens_agreement,
 )
@@ -198,6 +200,16 @@ def gato_table(out: dict[str, Any]) -> str:
         f"{'uniform':>10s} {u['prompt']:7.3f} {u['prompt_actions']:14.3f} {u['own_timestep']:12.3f} "
         f"{u['earlier_window']:14.3f}"
     )
+    if "use" in out:
+        use = out["use"]
+        clean, shuffled = use["as_is"], use["prompt_actions_shuffled"]
+        lines.append(
+            f"window action loss (accuracy): as is {clean['loss']:.4f} ({clean['accuracy']:.3f}); the demonstration's "
+            f"actions shuffled among its timesteps ({use['moved']:.0%} changed) {shuffled['loss']:.4f} "
+            f"({shuffled['accuracy']:.3f})"
+        )
+        for a in use["ablated"]:
+            lines.append(f"  head {tuple(a['head'])} ablated: {a['loss']:.4f} ({a['accuracy']:.3f})")
     return "\n".join(lines)
 
 
@@ -211,7 +223,13 @@ def run_gato(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
             continue
         ensure_dataset(card)
         episodes = [tokenizer.encode_arrays(e.observations, e.actions) for e in read_episodes(card, "train")]
-        results[card.name] = prompt_attention(model, episodes, env_spec(card.generator_args["env_id"]), seed=args.seed)
+        spec = env_spec(card.generator_args["env_id"])
+        out = prompt_attention(model, episodes, spec, seed=args.seed)
+        # The heads that look at the demonstration's actions most (twice uniform, else the one that looks most).
+        ranked = sorted(out["heads"], key=lambda h: -h["prompt_actions"])
+        keen = [h for h in ranked if h["prompt_actions"] >= 2 * out["uniform"]["prompt_actions"]] or ranked[:1]
+        out["use"] = prompt_use(model, episodes, spec, [(h["layer"], h["head"]) for h in keen], seed=args.seed)
+        results[card.name] = out
     if not results:
         raise ConfigError(f"the GATO run at {args.checkpoint} trained on no control dataset")
     folder = result_path(args, "circuits.json").parent
@@ -224,7 +242,7 @@ def run_gato(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
         )
         heat_maps(panels, folder / f"circuits-{out['env']}.png", title=title + " (columns); heads (rows)", cell=28)
     compositions = top_compositions(head_weights(model), seed=args.seed)
-    table = "\n\n".join(gato_table(out) for out in results.values()) + "\n".join(composition_lines(compositions))
+    table = "\n".join(["\n\n".join(gato_table(out) for out in results.values()), *composition_lines(compositions)])
     saved = {"checkpoint": str(args.checkpoint), "control": results, **compositions}
     write_result(args, "circuits.json", saved, table=table)
     return results

@@ -51,6 +51,7 @@ __all__ = [
     "bigram_match",
     "next_token_losses",
     "prompt_attention",
+    "prompt_use",
     "sequence_losses",
     "top_compositions",
     "transformer_lens_agreement",
@@ -329,12 +330,11 @@ def _ablation(model, tokens, periods, data, heads, losses, drop) -> dict[str, An
     return {"heads": heads, "repeat_loss": repeat, "share_of_drop_restored": restored}
 
 
-def prompt_attention(
-    model: torch.nn.Module, episodes: list[GatoTokens], spec: EnvSpec, *, sequences: int = 64, seed: int = 0
-) -> dict[str, Any]:
-    """Mean attention of each head from the window's action tokens (after its first timestep) to: the prompt, the
-    prompt's action tokens, the query's own timestep (observation and separator) and earlier window timesteps;
-    and the same shares under uniform attention over the visible keys."""
+def _prompted_batch(
+    model: torch.nn.Module, episodes: list[GatoTokens], spec: EnvSpec, sequences: int, seed: int
+) -> tuple[dict[str, Tensor], int, int]:
+    """``sequences`` prompted control sequences as training builds them (prompt always on), collated; the tokens per
+    timestep and the prompt's length in tokens."""
     per_step, prompt_steps = control_layout(spec, model.cfg.context_length)
     prompt_len = prompt_steps * per_step
     rng = np.random.default_rng(seed)
@@ -342,7 +342,60 @@ def prompt_attention(
     seqs = [s for s in seqs if len(s) >= prompt_len + 2 * per_step]  # a full prompt and two window timesteps
     if not seqs:
         raise ValueError(f"no {spec.env_id} episode is long enough for a full prompt and two window timesteps")
-    batch = collate_tokens(seqs)
+    return collate_tokens(seqs), per_step, prompt_len
+
+
+def prompt_use(
+    model: torch.nn.Module,
+    episodes: list[GatoTokens],
+    spec: EnvSpec,
+    heads: list[tuple[int, int]],
+    *,
+    sequences: int = 64,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Does the policy use its demonstration's actions? Loss and accuracy of the window's action tokens (after its
+    first timestep) on the sequences of :func:`prompt_attention`: as they are; with the prompt's actions shuffled
+    among its timesteps (each demonstrated observation now followed by another timestep's action); and with each
+    of ``heads`` zero-ablated. A policy that copies the action its demonstration took in a similar state loses
+    accuracy when the pairing is broken; one that reads only its own observations does not."""
+    batch, per_step, prompt_len = _prompted_batch(model, episodes, spec, sequences, seed)
+    action = batch["loss_mask"].bool()
+    query = action & (torch.arange(action.shape[1]) >= prompt_len + per_step)  # (B, N) the scored targets
+
+    def score(hidden: Tensor, tokens: Tensor) -> dict[str, float]:
+        targets = query[:, 1:]  # position t predicts token t + 1
+        logits = model.logits(hidden[:, :-1][targets]).float()
+        truth = tokens[:, 1:][targets]
+        return {
+            "loss": F.cross_entropy(logits, truth).item(),
+            "accuracy": (logits.argmax(-1) == truth).float().mean().item(),
+        }
+
+    model.eval()
+    with torch.no_grad():
+        out = {"as_is": score(model(batch), batch["tokens"])}
+        steps = batch["tokens"][:, :prompt_len].reshape(len(action), -1, per_step)  # (B, prompt steps, per step)
+        acts = action[0, :per_step]  # the action slots of a timestep (every timestep has the same layout)
+        order = torch.randperm(steps.shape[1], generator=torch.Generator().manual_seed(seed))
+        shuffled = steps.clone()
+        shuffled[:, :, acts] = steps[:, order][:, :, acts]
+        tokens = batch["tokens"].clone()
+        tokens[:, :prompt_len] = shuffled.flatten(1)
+        out["prompt_actions_shuffled"] = score(model({**batch, "tokens": tokens}), batch["tokens"])
+        out["moved"] = (steps[:, :, acts] != shuffled[:, :, acts]).float().mean().item()  # share of actions changed
+        out["ablated"] = [{"head": head, **score(ablate_heads(model, lambda: model(batch), [head]), batch["tokens"])}
+                          for head in heads]  # fmt: skip
+    return out
+
+
+def prompt_attention(
+    model: torch.nn.Module, episodes: list[GatoTokens], spec: EnvSpec, *, sequences: int = 64, seed: int = 0
+) -> dict[str, Any]:
+    """Mean attention of each head from the window's action tokens (after its first timestep) to: the prompt, the
+    prompt's action tokens, the query's own timestep (observation and separator) and earlier window timesteps;
+    and the same shares under uniform attention over the visible keys."""
+    batch, per_step, prompt_len = _prompted_batch(model, episodes, spec, sequences, seed)
     model.eval()
     with torch.no_grad():
         _, cache = run_with_cache(model, batch, names_filter=lambda name: name.endswith("attn.hook_pattern"))
@@ -371,5 +424,5 @@ def prompt_attention(
             r = rows[layer, :, head]  # (K, N)
             shares = {name: (r * mask.float()).sum(-1).mean().item() for name, mask in regions.items()}
             heads.append({"layer": layer, "head": head, **shares})
-    return {"env": spec.env_id, "queries": len(rows_q), "sequences": len(seqs), "prompt_tokens": prompt_len,
+    return {"env": spec.env_id, "queries": len(rows_q), "sequences": len(batch["tokens"]), "prompt_tokens": prompt_len,
             "uniform": uniform, "heads": heads}  # fmt: skip

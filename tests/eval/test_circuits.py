@@ -104,6 +104,11 @@ def test_a_gato_run_gets_where_its_action_tokens_look(tiny_shapes, control_cards
     assert len(everything["composition"]["k"]) == 2 * 2 and "composition, top 3 of each" in printed
     assert (out / "eval" / "circuits-CartPole-v1.png").stat().st_size > 0
     saved = everything["control"]
+    assert "the demonstration's actions shuffled among its timesteps" in printed
+    for result in saved.values():
+        use = result["use"]
+        assert 0 < use["moved"] <= 1 and use["ablated"] and 0 <= use["as_is"]["accuracy"] <= 1
+        assert use["as_is"]["loss"] > 0 and use["prompt_actions_shuffled"]["loss"] > 0
     for result in saved.values():
         assert len(result["heads"]) == 2 * 2 and result["queries"] > 0  # 2 layers x 2 heads
         regions = ("prompt", "own_timestep", "earlier_window")  # the rest of each row: the query itself
