@@ -60,11 +60,12 @@ def table(out: dict[str, Any]) -> str:
                      f"seen >= {b['min_count']} times")  # fmt: skip
         return "\n".join(lines)
     chance = out["chance"]
-    lines += ["", f"{'layer':>5s} {'head':>4s} {'prev-token':>10s} {'duplicate':>9s} {'induction':>9s}"]
+    lines += ["", f"{'layer':>5s} {'head':>4s} {'prev-token':>10s} {'duplicate':>9s} {'induction':>9s} "
+                  f"{'(no repeat)':>11s}"]  # fmt: skip
     for h in out["heads"]:
         lines.append(
             f"{h['layer']:5d} {h['head']:4d} {h['previous_token']:10.4f} {h['duplicate_token']:9.4f} "
-            f"{h['induction']:9.4f}"
+            f"{h['induction']:9.4f} {h['induction_control']:11.4f}"
         )
     lines.append(
         f"{'chance':>10s} {chance['previous_token']:10.4f} {chance['duplicate_token']:9.4f} {chance['induction']:9.4f}"

@@ -2,7 +2,8 @@
 Elhage et al. 2021 and Olsson et al. 2022 measure on their toy models, measured on ours.
 
 * every head's previous-token, duplicate-token and induction score on BOS + repeated uniform random ids, and the
-  score a head attending uniformly would get (the chance level);
+  score a head attending uniformly would get (the chance level); and the induction stripe's attention on the same
+  layout with a fresh second half (the control: what a head gives those positions when nothing repeats);
 * the Q-, K- and V-composition of every head with every head of a later layer, against random low-rank maps of
   the same shapes;
 * in-context learning: loss on the first occurrence of each segment and on its repeat, then with the best induction
@@ -110,9 +111,14 @@ def analyse_lm(
         out["bigram"] = bigram_match(model, data)
         return out
     scored = repeated_tokens(batch, period, data.vocab_size, low=1, prefix=[BOS], generator=gen)
+    fresh = torch.randint(1, data.vocab_size, (batch, period), generator=gen)
+    control = torch.cat([scored[:, : 1 + period], fresh], dim=1)  # the same layout, nothing repeated
     with torch.no_grad():
         patterns = attention_patterns(model, scored)  # (L, B, H, N, N)
+        unrepeated = attention_patterns(model, control)
     scores = _head_scores(patterns, period)
+    # The induction stripe's attention when nothing repeats: what a head gives it for position alone.
+    scores["induction_control"] = induction_scores(unrepeated, period, prefix=1)
     out["chance"] = {k: v.item() for k, v in _head_scores(_uniform_patterns(scored.shape[1]), period).items()}
     out["heads"] = [
         {"layer": layer, "head": head, **{k: v[layer, head].item() for k, v in scores.items()}}
