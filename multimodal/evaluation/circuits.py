@@ -266,7 +266,10 @@ def analyse_text_tower(
         out["period"], out["word_ids"] = period, len(vocab)
     out["heads"] = heads
     out["patterns"] = patterns[:, 0]  # (L, H, N, N): the first caption's
-    out["first_caption"] = [tokenizer.decode([int(i)]).strip() or "<sot>" for i in ids[0, : int(eot[0]) + 1]]
+    special = {tokenizer.sot_token_id: "<sot>", tokenizer.eot_token_id: "<eot>"}
+    out["first_caption"] = [
+        special.get(int(i)) or tokenizer.decode([int(i)]).strip() for i in ids[0, : int(eot[0]) + 1]
+    ]
     out.update(top_compositions(head_weights(tower), baselines=baselines, seed=seed))
     return out
 
