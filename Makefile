@@ -14,6 +14,20 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# TransformerLens (the circuits cross-check) and what it pulls in (transformers, datasets, wandb, pandas) get a venv
+# of their own that sees .venv's packages through a .pth file: installed in .venv, timm and diffusers would import
+# transformers and wandb in every process (0.6 s each, minutes over the test suite).
+TL_VENV := $(VENV)/transformer-lens
+TL_PY := $(TL_VENV)/bin/python
+TL_STAMP := $(TL_VENV)/.installed
+
+$(TL_STAMP): $(STAMP)
+	test -x $(TL_PY) || $(PYTHON) -m venv $(TL_VENV)
+	echo "import site; site.addsitedir('$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
+		> "$$($(TL_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/base-venv.pth"
+	$(TL_PY) -m pip install -q 'transformer-lens>=3.9,<4'
+	touch $(TL_STAMP)
+
 # The whole suite on the shapes data in short schedules, two jobs at a time on 1 thread each (two 1-thread jobs side
 # by side get 1.7x the work of one 2-thread job done on 2 cores: these small models do not scale to 2 threads):
 #   1. a CLIP (configs/clip/shapes.yaml, 1,200 steps, 2 text layers of 4: 18% less time a step; README has the
@@ -65,8 +79,9 @@ circuits: setup  # "A Mathematical Framework for Transformer Circuits" on this m
 		$(PY) -m eval.circuits --checkpoint runs/circuits-attn$$depth || exit 1; \
 	done
 
-test: setup
-	$(PY) -m pytest -q -m "not slow"
+test: setup $(TL_STAMP)
+	$(PY) -m pytest -q -m "not slow and not transformer_lens"
+	$(TL_PY) -m pytest -q -m "transformer_lens and not slow"
 
 test-slow: setup  # the long fault-injection runs (many random SIGKILLs, accelerate launch losing a worker)
 	$(PY) -m pytest -q -m slow

@@ -19,6 +19,7 @@ from multimodal.circuits import (
 from multimodal.models.lm import TransformerLM, TransformerLMConfig
 from multimodal.nn import Transformer, run_with_cache
 
+pytestmark = pytest.mark.transformer_lens  # `make test` runs these with .venv/transformer-lens/bin/python
 transformer_lens = pytest.importorskip("transformer_lens")
 
 
