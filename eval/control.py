@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = cli_parser("python -m eval.control", __doc__, "GATO run directory or checkpoints/step-* folder")
     parser.add_argument(
-        "--env", default="all", help="an env id (CartPole-v1, Pendulum-v1), or all: every env of the run"
+        "--env", default="all", help="an env id (CartPole-v1, Pendulum-v1, Acrobot-v1), or all: every env of the run"
     )
     parser.add_argument("--episodes", type=int, default=20, help="rollouts per env")
     add_common_options(parser, no_ema=True, device="torch device to act on, e.g. cuda", out="RUN/eval/control.json")

@@ -43,7 +43,9 @@ def test_env_specs():
     assert (pendulum.action_low, pendulum.action_high) == (-2.0, 2.0)
     assert (cartpole.max_steps, pendulum.max_steps) == (500, 200)
     assert cartpole.action_dim == pendulum.action_dim == 1
-    with pytest.raises(ValueError, match=r"unknown env 'MountainCar-v0'; known envs: CartPole-v1, Pendulum-v1"):
+    acrobot = env_spec("Acrobot-v1")
+    assert (acrobot.action_kind, acrobot.observation_dim, acrobot.num_actions, acrobot.max_steps) == ("discrete", 6, 3, 500)
+    with pytest.raises(ValueError, match=r"unknown env 'MountainCar-v0'; known envs: CartPole-v1, Pendulum-v1, Acrobot"):
         env_spec("MountainCar-v0")
 
 
@@ -68,6 +70,15 @@ def test_pendulum_expert_swings_up():
     randoms = _returns("Pendulum-v1", random_policy("Pendulum-v1", 0), range(10))
     assert expert.mean() > -180  # measured -132.3 on these seeds (-152 over 500 evaluation seeds)
     assert expert.mean() > randoms.mean() + 800
+
+
+def test_acrobot_expert_swings_up_where_random_torque_never_does():
+    expert = _returns("Acrobot-v1", expert_policy("Acrobot-v1"), range(10))
+    randoms = _returns("Acrobot-v1", random_policy("Acrobot-v1", 0), range(10))
+    assert expert.mean() > -100 and expert.min() > -160  # measured -74.2, worst -95 on these seeds
+    np.testing.assert_array_equal(randoms, -500.0)  # truncated at 500 steps, never above the bar
+    pushes = expert_action("Acrobot-v1", np.array([1.0, 0.0, 1.0, 0.0, 0.0, 1.0], np.float32))
+    assert pushes.dtype == np.int64 and pushes[0] == 2  # second joint turning forward: torque +1 along it
 
 
 def test_random_baselines():

@@ -37,26 +37,28 @@ def test_split_batch_shares_by_largest_remainder() -> None:
         split_batch({"a": 1, "b": 1, "c": 1}, 2)
 
 
+def tiny_control_card(root: Path, env_id: str, name: str) -> Path:
+    """A small demonstration set of ``env_id`` (12 train, 3 test episodes) and its card."""
+    args = {"env_id": env_id, "episodes": 12, "test_episodes": 3, "reference_episodes": 10}
+    manifest = generate_control(root / name, **args)
+    card = {
+        "name": name,
+        "generator": "control",
+        "generator_args": args,
+        "root": str(root / name),
+        "splits": {s: {"shards": i["shards"], "num_samples": i["num_samples"]} for s, i in manifest["splits"].items()},
+    }
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(card))
+    return path
+
+
 @pytest.fixture(scope="module")
 def control_cards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Small CartPole and Pendulum demonstration sets (12 train, 3 test episodes) with their cards."""
+    """Small CartPole and Pendulum demonstration sets with their cards."""
     root = tmp_path_factory.mktemp("control")
-    cards = {}
-    for env_id, name in (("CartPole-v1", "tiny-cartpole"), ("Pendulum-v1", "tiny-pendulum")):
-        args = {"env_id": env_id, "episodes": 12, "test_episodes": 3, "reference_episodes": 10}
-        manifest = generate_control(root / name, **args)
-        card = {
-            "name": name,
-            "generator": "control",
-            "generator_args": args,
-            "root": str(root / name),
-            "splits": {
-                s: {"shards": i["shards"], "num_samples": i["num_samples"]} for s, i in manifest["splits"].items()
-            },
-        }
-        cards[name] = root / f"{name}.yaml"
-        cards[name].write_text(yaml.safe_dump(card))
-    return cards
+    return {name: tiny_control_card(root, env_id, name)
+            for env_id, name in (("CartPole-v1", "tiny-cartpole"), ("Pendulum-v1", "tiny-pendulum"))}  # fmt: skip
 
 
 def recipe(tiny_shapes: Path, control_cards: dict[str, Path], out_dir: Path, **train_overrides) -> dict:
@@ -160,6 +162,17 @@ def test_a_tiny_run_trains_and_evaluates(
     assert eval_caption.main(["--checkpoint", str(out), "--samples", "8"]) == 0
     captions = json.loads((out / "eval" / "caption_tiny-shapes.json").read_text())["results"]["test"]
     assert captions["n"] == 8 and 0.0 <= captions["accuracy"] <= 1.0
+
+
+def test_acrobot_joins_the_mixture_and_is_rolled_out(tiny_shapes: Path, tmp_path: Path, offline: None) -> None:
+    """A third control task needs nothing but its card: 6 observation values and 3 discrete actions."""
+    cards = {"tiny-acrobot": tiny_control_card(tmp_path, "Acrobot-v1", "tiny-acrobot")}
+    out = tmp_path / "run"
+    result = train(TrainConfig.from_dict(recipe(tiny_shapes, cards, out, steps=4, eval_every=4)))
+    assert -500 <= result["eval/tiny-acrobot_return"] <= 0 and np.isfinite(result["eval/tiny-acrobot_score"])
+    assert eval_control.main(["--checkpoint", str(out), "--episodes", "2"]) == 0
+    rolled = json.loads((out / "eval" / "control.json").read_text())["results"]["Acrobot-v1"]
+    assert len(rolled["returns"]) == 2 and all(-500 <= r <= 0 for r in rolled["returns"])
 
 
 @pytest.mark.parametrize("images", [True, False], ids=["captions-and-control", "control-only"])
