@@ -2,8 +2,9 @@
 
 For a GATO run: where each head's attention from the window's action tokens goes, on prompted sequences of each
 control dataset of its mixture (the demonstration, its actions, the own timestep, earlier timesteps), against
-uniform attention; and whether the policy uses its demonstration's actions: its action loss and accuracy with them
-shuffled among the demonstration's timesteps, and with the heads that look at them most ablated.
+uniform attention; whether the policy uses its demonstration's actions: its action loss and accuracy with them
+shuffled among the demonstration's timesteps, and with the heads that look at them most ablated; and each head's
+previous-token, duplicate and induction scores on a run of timesteps said twice.
 
 For a language model of the lm task:
 
@@ -34,6 +35,7 @@ from multimodal.evaluation.circuits import (
     analyse_vision_tower,
     prompt_attention,
     prompt_use,
+    repeated_control_scores,
     top_compositions,
     transformer_lens_agreement,
 )
@@ -211,6 +213,15 @@ def gato_table(out: dict[str, Any]) -> str:
         )
         for a in use["ablated"]:
             lines.append(f"  head {tuple(a['head'])} ablated: {a['loss']:.4f} ({a['accuracy']:.3f})")
+    if "repeated" in out:
+        rep, chance = out["repeated"], out["repeated"]["chance"]
+        lines += [f"on {rep['timesteps']} timesteps said twice ({rep['period']} tokens apart):",
+                  f"{'layer':>5s} {'head':>4s} {'prev-token':>10s} {'duplicate':>9s} {'induction':>9s}"]  # fmt: skip
+        for h in rep["heads"]:
+            lines.append(f"{h['layer']:5d} {h['head']:4d} {h['previous_token']:10.4f} {h['duplicate_token']:9.4f} "
+                         f"{h['induction']:9.4f}")  # fmt: skip
+        lines.append(f"{'chance':>10s} {chance['previous_token']:10.4f} {chance['duplicate_token']:9.4f} "
+                     f"{chance['induction']:9.4f}   (uniform attention)")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -230,6 +241,7 @@ def run_gato(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
         ranked = sorted(out["heads"], key=lambda h: -h["prompt_actions"])
         keen = [h for h in ranked if h["prompt_actions"] >= 2 * out["uniform"]["prompt_actions"]] or ranked[:1]
         out["use"] = prompt_use(model, episodes, spec, [(h["layer"], h["head"]) for h in keen], seed=args.seed)
+        out["repeated"] = repeated_control_scores(model, episodes, spec, seed=args.seed)
         results[card.name] = out
     if not results:
         raise ConfigError(f"the GATO run at {args.checkpoint} trained on no control dataset")

@@ -53,6 +53,7 @@ __all__ = [
     "next_token_losses",
     "prompt_attention",
     "prompt_use",
+    "repeated_control_scores",
     "sequence_losses",
     "top_compositions",
     "transformer_lens_agreement",
@@ -396,6 +397,47 @@ def prompt_use(
         out["ablated"] = [{"head": head, **score(ablate_heads(model, lambda: model(batch), [head]), batch["tokens"])}
                           for head in heads]  # fmt: skip
     return out
+
+
+def repeated_control_scores(
+    model: torch.nn.Module, episodes: list[GatoTokens], spec: EnvSpec, *, sequences: int = 64, seed: int = 0
+) -> dict[str, Any]:
+    """Each head's previous-token, duplicate-token and induction score on control sequences that say a run of
+    timesteps twice: ``k`` consecutive timesteps of a demonstration (as many as half the context holds), then the
+    same ``k`` again, so ``period`` = k timesteps of tokens; and the chance levels (uniform attention)."""
+    per_step = control_layout(spec, model.cfg.context_length)[0]
+    steps = model.cfg.context_length // (2 * per_step)
+    period = steps * per_step
+    rng = np.random.default_rng(seed)
+    long_enough = [e for e in episodes if len(e) >= period]
+    if not long_enough:
+        raise ValueError(f"no {spec.env_id} episode has {steps} timesteps to repeat")
+    runs = []
+    for _ in range(sequences):
+        episode = long_enough[int(rng.integers(len(long_enough)))]
+        start = int(rng.integers(len(episode) // per_step - steps + 1)) * per_step
+        run = episode.slice(start, start + period)
+        runs.append(GatoTokens.concat([run, run]))
+    model.eval()
+    with torch.no_grad():
+        _, cache = run_with_cache(
+            model, collate_tokens(runs), names_filter=lambda name: name.endswith("attn.hook_pattern")
+        )
+    patterns = cache.stack("attn.hook_pattern")  # (L, B, H, 2 period, 2 period)
+    scores = {
+        "previous_token": previous_token_scores(patterns),
+        "duplicate_token": duplicate_token_scores(patterns, period),
+        "induction": induction_scores(patterns, period),
+    }
+    uniform = _uniform_patterns(2 * period)
+    chance = {
+        "previous_token": previous_token_scores(uniform).item(),
+        "duplicate_token": duplicate_token_scores(uniform, period).item(),
+        "induction": induction_scores(uniform, period).item(),
+    }
+    heads = [{"layer": layer, "head": head, **{k: v[layer, head].item() for k, v in scores.items()}}
+             for layer in range(patterns.shape[0]) for head in range(patterns.shape[2])]  # fmt: skip
+    return {"timesteps": steps, "period": period, "sequences": sequences, "heads": heads, "chance": chance}
 
 
 def prompt_attention(

@@ -115,6 +115,11 @@ def test_a_gato_run_gets_where_its_action_tokens_look(tiny_shapes, control_cards
         use = result["use"]
         assert 0 < use["moved"] <= 1 and use["ablated"] and 0 <= use["as_is"]["accuracy"] <= 1
         assert use["as_is"]["loss"] > 0 and use["prompt_actions_shuffled"]["loss"] > 0
+        repeated = result["repeated"]
+        assert len(repeated["heads"]) == 2 * 2 and repeated["period"] == repeated["timesteps"] * (
+            6 if result["env"] == "CartPole-v1" else 5
+        )  # CartPole: 4 observation values, '|', 1 action; Pendulum: 3, '|', 1
+        assert all(0 <= h["induction"] <= 1 for h in repeated["heads"])
     for result in saved.values():
         assert len(result["heads"]) == 2 * 2 and result["queries"] > 0  # 2 layers x 2 heads
         regions = ("prompt", "own_timestep", "earlier_window")  # the rest of each row: the query itself
