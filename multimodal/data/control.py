@@ -1,8 +1,11 @@
-"""Expert demonstrations for gymnasium's CartPole-v1 and Pendulum-v1, for a GATO-style generalist agent.
+"""Expert demonstrations for gymnasium's CartPole-v1, Pendulum-v1 and Acrobot-v1 and for MiniGrid's DoorKey-5x5 and
+MultiRoom-N2-S4 (from pixels), for a GATO-style generalist agent.
 
 The experts are scripted here, nothing is learned or downloaded: CartPole is balanced by a linear state-feedback
-controller, Pendulum is swung up by energy pumping and caught by a PD stabiliser near upright. Both are
-deterministic, so an episode is a pure function of its environment seed.
+controller, Pendulum is swung up by energy pumping and caught by a PD stabiliser near upright, Acrobot is pumped by
+a bang-bang torque; MiniGrid's expert plans a shortest path from the env's state (:mod:`multimodal.data.gridworld`)
+while the data hold only what the agent sees, its view as an image. All are deterministic, so an episode is a pure
+function of its environment seed.
 
 Data follow GATO (Reed et al. 2022): expert episodes, keeping only those with at least 80% of the expert's return.
 Pendulum's returns are negative, where that ratio means nothing, so the threshold is applied to the
@@ -30,6 +33,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from multimodal.data import shards
+from multimodal.data.gridworld import is_gridworld, make_env, planned_policy
 
 if TYPE_CHECKING:
     from multimodal.data.cards import DatasetCard
@@ -59,6 +63,11 @@ class EnvSpec:
     action_low: float | None = None  # continuous: actions are clipped to [action_low, action_high]
     action_high: float | None = None
     max_steps: int = 1000  # episodes are truncated after this many steps
+    observation_shape: tuple[int, ...] | None = None  # pixels: an image of this shape (uint8); None: a flat vector
+
+    @property
+    def pixels(self) -> bool:
+        return self.observation_shape is not None
 
 
 ENVS: dict[str, EnvSpec] = {
@@ -67,6 +76,12 @@ ENVS: dict[str, EnvSpec] = {
         "Pendulum-v1", "continuous", observation_dim=3, action_dim=1, action_low=-2.0, action_high=2.0, max_steps=200
     ),
     "Acrobot-v1": EnvSpec("Acrobot-v1", "discrete", observation_dim=6, action_dim=1, num_actions=3, max_steps=500),
+    # MiniGrid from pixels (multimodal/data/gridworld.py): the egocentric view as a 56 x 56 RGB image, 7 actions.
+    **{
+        env_id: EnvSpec(env_id, "discrete", observation_dim=56 * 56 * 3, action_dim=1, num_actions=7,
+                        max_steps=max_steps, observation_shape=(56, 56, 3))
+        for env_id, max_steps in (("MiniGrid-DoorKey-5x5-v0", 250), ("MiniGrid-MultiRoom-N2-S4-v0", 40))
+    },  # fmt: skip
 }
 
 
@@ -125,6 +140,10 @@ _EXPERTS = {"CartPole-v1": _cartpole_expert, "Pendulum-v1": _pendulum_expert, "A
 def expert_actions(env_id: str, observations: np.ndarray) -> np.ndarray:
     """The scripted expert's actions for a batch of observations (N, obs_dim): (N, 1) int64 or float32."""
     spec = env_spec(env_id)
+    if env_id not in _EXPERTS:
+        raise ValueError(
+            f"{env_id}'s expert plans from the env's state, not from observations; use expert_policy(env_id, seeds)"
+        )
     observations = np.asarray(observations)
     if observations.ndim != 2 or observations.shape[1] != spec.observation_dim:
         raise ValueError(
@@ -138,9 +157,14 @@ def expert_action(env_id: str, observation: np.ndarray) -> np.ndarray:
     return expert_actions(env_id, np.asarray(observation)[None])[0]
 
 
-def expert_policy(env_id: str) -> Policy:
-    """The scripted expert as a :data:`Policy` for :func:`run_episodes`."""
-    env_spec(env_id)
+def expert_policy(env_id: str, seeds: Sequence[int] | None = None) -> Policy:
+    """The expert as a :data:`Policy` for :func:`run_episodes`: the scripted controller, or for MiniGrid the
+    shortest plan of each of ``seeds`` (which the policy must then be run on, in that order)."""
+    spec = env_spec(env_id)
+    if is_gridworld(env_id):
+        if seeds is None:
+            raise ValueError(f"{env_id}'s expert plans each episode from its seed: pass the seeds it will play")
+        return planned_policy(env_id, seeds, spec.max_steps)
     return lambda observations, alive: expert_actions(env_id, observations)
 
 
@@ -165,16 +189,17 @@ def random_policy(env_id: str, seed: int) -> Policy:
 class Episode:
     """One episode: the observation before each step, the action taken and the reward received."""
 
-    observations: np.ndarray  # (T, obs_dim) float32
+    observations: np.ndarray  # (T, obs_dim) float32, or (T, H, W, 3) uint8 images for pixel envs
     actions: np.ndarray  # (T, action_dim) int64 (discrete) or float32 (continuous)
     rewards: np.ndarray  # (T,) float32
     seed: int
 
     def __post_init__(self) -> None:
         t = len(self.rewards)
-        if self.rewards.ndim != 1 or self.observations.ndim != 2 or self.actions.ndim != 2:
+        if self.rewards.ndim != 1 or self.observations.ndim not in (2, 4) or self.actions.ndim != 2:
             raise ValueError(
-                f"an episode needs observations (T, obs_dim), actions (T, action_dim) and rewards (T,), got shapes "
+                f"an episode needs observations (T, obs_dim) or (T, H, W, 3), actions (T, action_dim) and rewards "
+                f"(T,), got shapes "
                 f"{self.observations.shape}, {self.actions.shape} and {self.rewards.shape}"
             )
         if len(self.observations) != t or len(self.actions) != t:
@@ -224,13 +249,17 @@ def run_episodes(env_id: str, policy: Policy, seeds: Sequence[int]) -> list[Epis
     episode records the clipped ones.
     """
     spec = env_spec(env_id)
-    envs = [gym.make(env_id, max_episode_steps=spec.max_steps, disable_env_checker=True) for _ in seeds]
+    if spec.pixels:
+        envs = [make_env(env_id, spec.max_steps) for _ in seeds]
+    else:
+        envs = [gym.make(env_id, max_episode_steps=spec.max_steps, disable_env_checker=True) for _ in seeds]
     try:
         current = [env.reset(seed=int(seed))[0] for env, seed in zip(envs, seeds, strict=True)]
         steps: list[list[tuple[np.ndarray, np.ndarray, float]]] = [[] for _ in seeds]
         alive = np.arange(len(seeds))
         while len(alive):
-            observations = np.stack([current[i] for i in alive]).astype(np.float32)  # (N_alive, obs_dim)
+            observations = np.stack([current[i] for i in alive])  # (N_alive, obs_dim) or (N_alive, H, W, 3)
+            observations = observations if spec.pixels else observations.astype(np.float32)
             actions = _check_actions(spec, policy(observations, alive.copy()), len(alive))
             running = []
             for i, observation, action in zip(alive, observations, actions, strict=True):
@@ -267,7 +296,7 @@ def reference_returns(env_id: str, *, episodes: int = 50, seed: int = REFERENCE_
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     seeds = range(seed, seed + episodes)
     means = {}
-    for name, policy in (("random", random_policy(env_id, seed)), ("expert", expert_policy(env_id))):
+    for name, policy in (("random", random_policy(env_id, seed)), ("expert", expert_policy(env_id, seeds))):
         means[name] = float(np.mean([e.total_return for e in run_episodes(env_id, policy, seeds)]))
     return means
 
@@ -287,13 +316,17 @@ def filter_episodes(
 
 
 def dataset_name(env_id: str) -> str:
-    """The dataset (card) name of ``env_id``: ``CartPole-v1`` -> ``cartpole``."""
-    return env_spec(env_id).env_id.split("-")[0].lower()
+    """The dataset (card) name of ``env_id``: ``CartPole-v1`` -> ``cartpole``, ``MiniGrid-DoorKey-5x5-v0`` ->
+    ``doorkey-5x5``."""
+    parts = env_spec(env_id).env_id.split("-")
+    return "-".join(parts[1:-1] if is_gridworld(env_id) else parts[:1]).lower()
 
 
 def _check_action_noise(spec: EnvSpec, noise: float) -> None:
     if not noise >= 0 or (spec.action_kind == "discrete" and noise > 1):
         raise ValueError(f"action_noise must be >= 0 (<= 1 for discrete actions), got {noise}")
+    if noise and is_gridworld(spec.env_id):
+        raise ValueError(f"{spec.env_id}: action_noise needs an expert that acts from observations; its plans do not")
 
 
 def noisy_expert_policy(env_id: str, noise: float, seed: int) -> Policy:
@@ -331,8 +364,9 @@ def _expert_demonstrations(
             raise RuntimeError(f"{env_id}: the expert passed the filter on only {len(kept)} of {dropped} episodes")
         # A batch of exactly the missing number never overshoots, so the result does not depend on batching.
         need = count - len(kept)
-        policy = noisy_expert_policy(env_id, action_noise, seed) if action_noise else expert_policy(env_id)
-        batch = run_episodes(env_id, policy, range(seed, seed + need))
+        seeds = range(seed, seed + need)
+        policy = noisy_expert_policy(env_id, action_noise, seed) if action_noise else expert_policy(env_id, seeds)
+        batch = run_episodes(env_id, policy, seeds)
         if action_noise:  # label what the noisy rollout reached with what the expert would have done there
             batch = [replace(e, actions=expert_actions(env_id, e.observations)) for e in batch]
         passed, failed = filter_episodes(batch, **references)
@@ -345,7 +379,8 @@ def _expert_demonstrations(
 
 def _sample(env_id: str, index: int, episode: Episode, references: dict[str, float]) -> dict[str, Any]:
     buf = io.BytesIO()
-    np.savez(buf, observations=episode.observations, actions=episode.actions, rewards=episode.rewards)
+    save = np.savez_compressed if episode.observations.ndim == 4 else np.savez  # images compress ~20x
+    save(buf, observations=episode.observations, actions=episode.actions, rewards=episode.rewards)
     meta = {
         "env_id": env_id,
         "seed": episode.seed,
@@ -419,7 +454,7 @@ def generate_control(
         "format_version": FORMAT_VERSION,
         "generator": "control",
         "spec": settings,
-        "env": asdict(spec),
+        "env": json.loads(json.dumps(asdict(spec))),  # as the manifest reads back (tuples as lists)
         "gymnasium_version": gym.__version__,
         "reference_returns": {**references, "episodes": reference_episodes, "first_seed": REFERENCE_SEED_START},
         "eval_first_seed": EVAL_SEED_START,

@@ -24,6 +24,11 @@ __all__ = ["GatoAgent", "caption_images", "control_layout", "judge_caption", "na
 
 def control_layout(spec: EnvSpec, context_length: int) -> tuple[int, int]:
     """(tokens per timestep, prompt timesteps) of ``spec`` in a context of ``context_length`` tokens."""
+    if spec.pixels:
+        raise ValueError(
+            f"{spec.env_id} observations are images; GATO control sequences take state vectors only so far "
+            "(pixel control is issue 20's next step)"
+        )
     per_step = spec.observation_dim + 1 + spec.action_dim
     prompt = (context_length // 2) // per_step
     if prompt < 1 or context_length - prompt * per_step < per_step:

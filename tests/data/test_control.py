@@ -43,6 +43,9 @@ def test_env_specs():
     assert (pendulum.action_low, pendulum.action_high) == (-2.0, 2.0)
     assert (cartpole.max_steps, pendulum.max_steps) == (500, 200)
     assert cartpole.action_dim == pendulum.action_dim == 1
+    doorkey = env_spec("MiniGrid-DoorKey-5x5-v0")
+    assert doorkey.pixels and doorkey.observation_shape == (56, 56, 3) and doorkey.num_actions == 7
+    assert not env_spec("CartPole-v1").pixels
     acrobot = env_spec("Acrobot-v1")
     assert (acrobot.action_kind, acrobot.observation_dim, acrobot.num_actions, acrobot.max_steps) == ("discrete", 6, 3, 500)
     with pytest.raises(ValueError, match=r"unknown env 'MountainCar-v0'; known envs: CartPole-v1, Pendulum-v1, Acrobot"):
@@ -170,7 +173,7 @@ def test_shards_round_trip(tmp_path, env_id):
     refs = manifest["reference_returns"]
     assert refs["episodes"] == 4 and refs["first_seed"] == control.REFERENCE_SEED_START
     assert refs == {**control.reference_returns(env_id, episodes=4), "episodes": 4, "first_seed": 2_000_000}
-    assert refs["expert"] > refs["random"] + 100
+    assert refs["expert"] - refs["random"] > 0.5 * abs(refs["expert"])  # far apart, on every env's scale
     assert json.loads((tmp_path / shards.MANIFEST_NAME).read_text()) == manifest
 
     train, test = read_episodes(tmp_path, "train"), read_episodes(tmp_path, "test")
@@ -178,7 +181,7 @@ def test_shards_round_trip(tmp_path, env_id):
     assert min(e.seed for e in test) >= control.TEST_SEED_START > max(e.seed for e in train)
     dropped = manifest["filter"]["train"]["dropped"]
     assert [e.seed for e in train][-1] == 2 + dropped  # the first seeds that pass, from 0
-    fresh = run_episodes(env_id, expert_policy(env_id), [e.seed for e in train])
+    fresh = run_episodes(env_id, expert_policy(env_id, [e.seed for e in train]), [e.seed for e in train])
     for stored, episode in zip(train, fresh, strict=True):
         np.testing.assert_array_equal(stored.observations, episode.observations)
         np.testing.assert_array_equal(stored.actions, episode.actions)
