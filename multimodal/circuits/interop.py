@@ -105,9 +105,10 @@ def _state_dict(model: TransformerLM, fold_norm: bool) -> dict[str, Tensor]:
         else:
             weights, biases = {f"blocks.{i}.mlp.W_in": weight}, {f"blocks.{i}.mlp.W_in": bias}
         read(f"blocks.{i}.ln2", block.norm2, weights, biases)
-        if isinstance(mlp, SwiGLU) and sd.pop(f"blocks.{i}.mlp.b_gate").any():
+        # HookedTransformer's gated MLP has no gate bias and adds b_in after the product: neither holds a bias here.
+        if isinstance(mlp, SwiGLU) and (sd.pop(f"blocks.{i}.mlp.b_gate").any() or sd[f"blocks.{i}.mlp.b_in"].any()):
             raise ValueError(
-                f"block {i}'s SwiGLU gate has a bias (or a folded norm shift); HookedTransformer's has none"
+                f"block {i}'s SwiGLU has a bias (or a folded norm shift); HookedTransformer's gated MLP cannot hold it"
             )
         sd[f"blocks.{i}.mlp.W_out"] = mlp.fc2.weight.T
         sd[f"blocks.{i}.mlp.b_out"] = mlp.fc2.bias if mlp.fc2.bias is not None else torch.zeros(mlp.fc2.out_features)

@@ -117,7 +117,9 @@ class SwiGLU(nn.Module):
     """Gated MLP (Shazeer 2020): fc2(silu(gate) * value), with [gate; value] from one fused ``fc1``.
 
     ``fc1`` maps dim -> 2 * hidden_dim; the first hidden_dim outputs are the gate, the last the value. For the
-    parameter count of an ``Mlp`` with hidden 4 * dim, use hidden_dim = 8/3 * dim (as LLaMA does).
+    parameter count of an ``Mlp`` with hidden 4 * dim, use hidden_dim = 8/3 * dim (as LLaMA does). Hook points, as
+    TransformerLens's gated MLP names them: ``hook_pre`` (the gate before its activation), ``hook_pre_linear`` (the
+    value) and ``hook_post`` (silu(gate) * value, what ``fc2`` reads).
     """
 
     def __init__(self, dim: int, hidden_dim: int, *, bias: bool = False, drop: float = 0.0) -> None:
@@ -128,9 +130,10 @@ class SwiGLU(nn.Module):
         self.drop1 = nn.Dropout(drop)
         self.fc2 = nn.Linear(hidden_dim, dim, bias=bias)
         self.drop2 = nn.Dropout(drop)
+        self.hook_pre, self.hook_pre_linear, self.hook_post = HookPoint(), HookPoint(), HookPoint()
 
     def forward(self, x: Tensor) -> Tensor:
         """(..., dim) -> (..., dim)."""
         gate, value = self.fc1(x).chunk(2, dim=-1)  # 2 x (..., hidden)
-        x = self.drop1(F.silu(gate) * value)
-        return self.drop2(self.fc2(x))
+        x = self.hook_post(F.silu(self.hook_pre(gate)) * self.hook_pre_linear(value))
+        return self.drop2(self.fc2(self.drop1(x)))

@@ -67,9 +67,11 @@ def test_logits_and_every_shared_hook_point_agree(case: dict, fold: bool) -> Non
         expected |= {f"transformer.blocks.{i}.attn.hook_{n}" for n in ("z", "result")}
         if case.get("norm", "none") != "none":
             expected |= {f"transformer.blocks.{i}.norm1.hook_{n}" for n in ("scale", "normalized")}
-        if case.get("mlp") == "gelu":
+        if case.get("mlp") in ("gelu", "swiglu"):
             expected |= {f"transformer.blocks.{i}.mlp.hook_{n}" for n in ("pre", "post")}
             expected |= {f"transformer.blocks.{i}.hook_{n}" for n in ("resid_mid", "mlp_out")}
+        if case.get("mlp") == "swiglu":
+            expected.add(f"transformer.blocks.{i}.mlp.hook_pre_linear")
     assert expected <= set(shared), sorted(expected - set(shared))
 
 
@@ -148,7 +150,7 @@ def test_what_hooked_transformer_cannot_hold_is_a_clear_error() -> None:
     with pytest.raises(TypeError, match="converts a TransformerLM, got Transformer"):
         to_hooked_transformer(Transformer(16, 1, heads=2))
     model = lm(depth=1, norm="layer", mlp="swiglu")
-    with pytest.raises(ValueError, match="SwiGLU gate has a bias"):  # the LayerNorm shift folded into the gate
+    with pytest.raises(ValueError, match="SwiGLU has a bias"):  # the LayerNorm shift folded into the gate
         to_hooked_transformer(model, fold_norm=True)
     assert transformer_lens_name("transformer.blocks.3.norm2.hook_scale") == "blocks.3.ln2.hook_scale"
     assert transformer_lens_name("norm.hook_normalized") == "ln_final.hook_normalized"
