@@ -17,19 +17,27 @@ from torch import Tensor
 
 from ..data.control import EnvSpec, Episode, Policy
 from ..models.gato import Gato
-from ..tokenizers.gato import GatoTokenizer, GatoTokens, Modality, collate_tokens, image_to_patches
+from ..tokenizers.gato import (
+    PATCH_SIZE,
+    GatoTokenizer,
+    GatoTokens,
+    Modality,
+    collate_tokens,
+    control_image_size,
+    image_to_patches,
+)
 
 __all__ = ["GatoAgent", "caption_images", "control_layout", "judge_caption", "named_pairs", "prompted_window"]
 
 
-def control_layout(spec: EnvSpec, context_length: int) -> tuple[int, int]:
+def control_layout(spec: EnvSpec, context_length: int, patch_size: int = PATCH_SIZE) -> tuple[int, int]:
     """(tokens per timestep, prompt timesteps) of ``spec`` in a context of ``context_length`` tokens."""
-    if spec.pixels:
-        raise ValueError(
-            f"{spec.env_id} observations are images; GATO control sequences take state vectors only so far "
-            "(pixel control is issue 20's next step)"
-        )
-    per_step = spec.observation_dim + 1 + spec.action_dim
+    if spec.pixels:  # image observations: their patches (GatoTokenizer.encode_arrays resizes them)
+        rows, cols = control_image_size(*spec.observation_shape[:2], patch_size)
+        observation_tokens = (rows // patch_size) * (cols // patch_size)
+    else:
+        observation_tokens = spec.observation_dim
+    per_step = observation_tokens + 1 + spec.action_dim
     prompt = (context_length // 2) // per_step
     if prompt < 1 or context_length - prompt * per_step < per_step:
         raise ValueError(
@@ -83,10 +91,11 @@ class GatoAgent:
         self.context_length = model.cfg.context_length
         self.per_step, prompt_steps = control_layout(spec, self.context_length)
         if demonstration is not None:
-            if demonstration.observations.shape[1] != spec.observation_dim:
+            expected = spec.observation_shape or (spec.observation_dim,)
+            if demonstration.observations.shape[1:] != tuple(expected):
                 raise ValueError(
-                    f"the demonstration is not a {spec.env_id} episode: its observations have "
-                    f"{demonstration.observations.shape[1]} values, not {spec.observation_dim}"
+                    f"the demonstration is not a {spec.env_id} episode: its observations have shape "
+                    f"{demonstration.observations.shape[1:]}, not {tuple(expected)}"
                 )
             tail = slice(max(demonstration.length - prompt_steps, 0), None)
             self.prompt = tokenizer.encode_arrays(demonstration.observations[tail], demonstration.actions[tail])
@@ -116,7 +125,9 @@ class GatoAgent:
     def __call__(self, observations: np.ndarray, alive: np.ndarray) -> np.ndarray:
         device = next(self.model.parameters()).device
         for env, observation in zip(alive.tolist(), observations, strict=True):
-            self.observations.setdefault(env, []).append(observation.astype(np.float32))
+            self.observations.setdefault(env, []).append(
+                observation if self.spec.pixels else observation.astype(np.float32)
+            )
         batch = collate_tokens([self._sequence(env) for env in alive.tolist()])
         batch = {k: v.to(device) for k, v in batch.items()}
         ids = []

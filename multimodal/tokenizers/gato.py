@@ -65,6 +65,7 @@ __all__ = [
     "bins_to_continuous",
     "collate_tokens",
     "continuous_to_bins",
+    "control_image_size",
     "image_to_patches",
     "inverse_mu_law",
     "mu_law",
@@ -126,6 +127,15 @@ def bins_to_continuous(bins: Tensor, *, mu: float = MU, m: float = M, num_bins: 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Images
+
+
+def control_image_size(height: int, width: int, patch_size: int = PATCH_SIZE) -> tuple[int, int]:
+    """The size an image observation of a control task is resized to: the largest multiple of the patch size
+    (a 56 x 56 MiniGrid view -> 48 x 48, 3 x 3 patches of 16 px)."""
+    size = (height // patch_size * patch_size, width // patch_size * patch_size)
+    if min(size) == 0:
+        raise ValueError(f"an image observation of {height}x{width} px is smaller than one {patch_size}-px patch")
+    return size
 
 
 def image_to_patches(image: Tensor | np.ndarray, *, patch_size: int = PATCH_SIZE) -> tuple[Tensor, Tensor]:
@@ -484,13 +494,17 @@ class GatoTokenizer:
 
     def encode_arrays(self, observations: Any, actions: Any, *, first_timestep: int = 0) -> GatoTokens:
         """A control episode of flat observation and action vectors, (T, n) and (T, m): the tokens of
-        :meth:`encode_episode` on the same rows, computed without a Python loop.
+        :meth:`encode_episode` on the same rows, computed without a Python loop. Observations may instead be
+        images, (T, H, W, C) uint8: each becomes its patches, resized to the largest multiple of the patch size
+        (:func:`control_image_size`).
 
         ``actions`` may have one row fewer than ``observations``: the last timestep then ends at its separator,
         which is what a policy reads before choosing its next action.
         """
         obs = torch.as_tensor(np.asarray(observations))
         act = torch.as_tensor(np.asarray(actions))
+        if obs.ndim == 4:
+            return self._encode_image_arrays(obs, act, first_timestep)
         T = obs.shape[0] if obs.ndim == 2 else -1
         if act.ndim != 2 or act.shape[0] not in (T, T - 1) or T < 1:
             raise ValueError(
@@ -521,6 +535,30 @@ class GatoTokenizer:
             **{name: value.flatten()[keep] for name, value in fields.items()},
             patches=torch.zeros(0, 3, self.patch_size, self.patch_size),
             patch_position=torch.zeros(0, 2, dtype=torch.long),
+        )
+
+    def _encode_image_arrays(self, images: Tensor, actions: Tensor, first_timestep: int) -> GatoTokens:
+        """(T, H, W, C) uint8 observations and (T | T - 1, m) actions -> the timesteps' tokens."""
+        T = images.shape[0]
+        if images.dtype != torch.uint8 or actions.ndim != 2 or actions.shape[0] not in (T, T - 1) or T < 1:
+            raise ValueError(
+                f"image observations (T, H, W, C) uint8 need actions (T, m) or (T - 1, m), got "
+                f"{tuple(images.shape)} {images.dtype} and {tuple(actions.shape)}"
+            )
+        pixels = images.permute(0, 3, 1, 2).float() / 255.0  # (T, C, H, W) in [0, 1]
+        size = control_image_size(pixels.shape[2], pixels.shape[3], self.patch_size)
+        if size != tuple(pixels.shape[2:]):
+            pixels = torch.nn.functional.interpolate(pixels, size=size, mode="area").clamp(0.0, 1.0)
+        wrap = Continuous if actions.is_floating_point() else Discrete
+        return GatoTokens.concat(
+            [
+                self.encode_timestep(
+                    {"image": Image(pixels[t])},
+                    wrap(actions[t]) if t < actions.shape[0] else None,
+                    timestep=first_timestep + t,
+                )
+                for t in range(T)
+            ]
         )
 
     def encode_caption(self, image: Any, caption: str) -> GatoTokens:

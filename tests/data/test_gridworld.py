@@ -82,5 +82,5 @@ def test_the_expert_needs_its_seeds_and_refuses_what_it_cannot_do(tmp_path) -> N
     with pytest.raises(ValueError, match="action_noise needs an expert that acts from observations"):
         generate_control(tmp_path, env_id=env_id, episodes=1, test_episodes=1, action_noise=0.1)
     assert dataset_name(env_id) == "doorkey-5x5" and dataset_name("MiniGrid-MultiRoom-N2-S4-v0") == "multiroom-n2-s4"
-    with pytest.raises(ValueError, match="observations are images; GATO control sequences take state vectors only"):
-        control_layout(env_spec(env_id), 1024)  # a GATO mixture naming it fails at setup, in one line
+    # In a GATO sequence a 56 x 56 view is 3 x 3 patches (resized to 48 px): 9 + '|' + 1 action = 11 tokens.
+    assert control_layout(env_spec(env_id), 64) == (11, 2)

@@ -248,3 +248,26 @@ def test_vectorised_arrays_equal_the_episode_tokens(paper: GatoTokenizer, kind: 
     assert torch.equal(open_ended.local_position, expected.local_position)
     with pytest.raises(ValueError, match=r"\(T - 1, m\)"):
         paper.encode_arrays(observations, actions[:-2])
+
+
+def test_image_observations_become_patches_of_the_resized_view(paper: GatoTokenizer) -> None:
+    """(T, 56, 56, 3) uint8 frames (MiniGrid's view): each resized to 48 px by area averaging, 9 patches, then '|'
+    and the action; the same as encoding each timestep by hand."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(3, 56, 56, 3), dtype=np.uint8)
+    actions = np.array([[2], [0], [5]])
+    fast = paper.encode_arrays(frames, actions)
+    assert len(fast) == 3 * (9 + 1 + 1) and fast.patches.shape == (27, 3, 16, 16)
+    resized = torch.nn.functional.interpolate(
+        torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 255, size=(48, 48), mode="area"
+    )
+    slow = paper.encode_episode([{"image": Image(f)} for f in resized], [Discrete(a) for a in actions])
+    for name in ("tokens", "modality", "local_position", "loss_mask", "timestep", "patches", "patch_position"):
+        assert torch.equal(getattr(fast, name), getattr(slow, name)), name
+    assert (fast.modality[fast.local_position >= 0] == Modality.IMAGE).all()
+    open_ended = paper.encode_arrays(frames, actions[:-1])  # what the agent reads: ends at the last separator
+    assert len(open_ended) == 3 * 11 - 1 and open_ended.tokens[-1] == paper.separator_id
+    with pytest.raises(ValueError, match=r"image observations \(T, H, W, C\) uint8 need actions"):
+        paper.encode_arrays(frames.astype(np.float32), actions)
+    with pytest.raises(ValueError, match="smaller than one 16-px patch"):
+        paper.encode_arrays(frames[:, :8, :8], actions)

@@ -175,6 +175,27 @@ def test_acrobot_joins_the_mixture_and_is_rolled_out(tiny_shapes: Path, tmp_path
     assert len(rolled["returns"]) == 2 and all(-500 <= r <= 0 for r in rolled["returns"])
 
 
+def test_a_pixel_task_trains_from_its_images_and_is_rolled_out(
+    tiny_shapes: Path, tmp_path: Path, offline: None
+) -> None:
+    """MiniGrid DoorKey from pixels: every observation token of its sequences is an image patch of the agent's
+    view (no state), the run trains, and the agent acts on rendered frames."""
+    cards = {"tiny-doorkey": tiny_control_card(tmp_path, "MiniGrid-DoorKey-5x5-v0", "tiny-doorkey")}
+    cfg = TrainConfig.from_dict(recipe(tiny_shapes, cards, tmp_path / "run", steps=4, eval_every=4))
+    task = GatoTask(cfg)
+    batch = next(iter(task.train_batches(task.build_model(), 0)))["parts"]["tiny-doorkey"]
+    observed = batch["padding_mask"] & (batch["local_position"] >= 0)  # observation tokens
+    assert observed.any() and (batch["modality"][observed] == Modality.IMAGE).all()
+    assert batch["patches"].shape[2:] == (3, 16, 16) and set(batch["local_position"][observed].tolist()) == set(
+        range(9)
+    )
+    result = train(cfg)
+    assert 0 <= result["eval/tiny-doorkey_return"] <= 1 and np.isfinite(result["eval/tiny-doorkey_score"])
+    assert eval_control.main(["--checkpoint", str(tmp_path / "run"), "--episodes", "2"]) == 0
+    rolled = json.loads((tmp_path / "run" / "eval" / "control.json").read_text())["results"]["MiniGrid-DoorKey-5x5-v0"]
+    assert len(rolled["returns"]) == 2
+
+
 @pytest.mark.parametrize("images", [True, False], ids=["captions-and-control", "control-only"])
 def test_two_ddp_processes_keep_equal_replicas_when_a_part_leaves_the_patch_encoder_unused(
     tiny_shapes: Path, control_cards: dict[str, Path], tmp_path: Path, images: bool
