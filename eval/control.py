@@ -36,13 +36,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError(f"unknown env {args.env!r}; known envs: {', '.join(ENVS)} (or all)")
         cards = [load_card(dataset_name(args.env))]
     results = {}
-    print(f"{'env':14s} {'episodes':>8s} {'mean return':>12s} {'std':>8s} {'score':>7s}  (random, expert)")
+    print(f"{'env':28s} {'episodes':>8s} {'mean return':>12s} {'std':>8s} {'score':>7s}  (random, expert)")
     for card in cards:
         out = evaluate_control(model, tokenizer, card, episodes=args.episodes)
         refs = out["references"]
         print(
-            f"{out['env_id']:14s} {out['episodes']:8d} {out['mean_return']:12.1f} {out['std_return']:8.1f} "
-            f"{out['normalised_score']:7.3f}  ({refs['random']:.1f}, {refs['expert']:.1f})"
+            f"{out['env_id']:28s} {out['episodes']:8d} {out['mean_return']:12.4g} {out['std_return']:8.4g} "
+            f"{out['normalised_score']:7.3f}  ({refs['random']:.4g}, {refs['expert']:.4g})"  # MiniGrid returns are < 1
         )
         results[out["env_id"]] = out
     write_result(args, "control.json", {"checkpoint": str(args.checkpoint), "results": results})
