@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.lm import NORM_EPS, TransformerLM
-from ..nn import LayerNorm, Mlp, RMSNorm, SwiGLU
+from ..nn import SwiGLU
 from .weights import head_weights
 
 __all__ = ["to_hooked_transformer", "transformer_lens_name"]
@@ -36,29 +36,6 @@ def transformer_lens_name(name: str) -> str:
     for pattern, replacement in _RENAMES:
         name = re.sub(pattern, replacement, name)
     return name
-
-
-def _check(model: nn.Module) -> None:
-    if not isinstance(model, TransformerLM):
-        raise TypeError(f"to_hooked_transformer converts a TransformerLM, got {type(model).__name__}")
-    blocks = model.transformer.blocks if model.transformer is not None else []
-    for i, block in enumerate(blocks):
-        extras = [
-            name
-            for name in ("ls1", "ls2", "cross_attn")
-            if not isinstance(getattr(block, name, None), nn.Identity | None)
-        ]
-        if extras or not isinstance(block.mlp, Mlp | SwiGLU | None):
-            what = extras or [type(block.mlp).__name__]
-            raise ValueError(f"block {i} has {', '.join(what)}, which HookedTransformer has no counterpart for")
-        exact_gelu = (
-            isinstance(block.mlp, Mlp) and type(block.mlp.act) is nn.GELU and block.mlp.act.approximate == "none"
-        )
-        if isinstance(block.mlp, Mlp) and not exact_gelu:
-            raise ValueError(f"block {i}'s MLP activation is {block.mlp.act}; only exact GELU maps to act_fn='gelu'")
-    for norm in [model.norm, *(b.norm1 for b in blocks)]:
-        if isinstance(norm, LayerNorm | RMSNorm) and norm.eps != NORM_EPS:
-            raise ValueError(f"a norm has eps={norm.eps}; HookedTransformer uses one eps for all ({NORM_EPS})")
 
 
 def _state_dict(model: TransformerLM, fold_norm: bool) -> dict[str, Tensor]:
@@ -122,8 +99,8 @@ def to_hooked_transformer(model: nn.Module, *, fold_norm: bool = False, use_attn
     ``from_pretrained(fold_ln=True)`` does. It is done here, not by TransformerLens's ``load_and_process_state_dict``,
     which in 3.9 scales ``W_U`` along the wrong axis when ``d_vocab == d_model`` (as in this suite's circuits models)
     and also centres the weights (the same outputs, other circuit matrices). ``use_attn_result``: TransformerLens's
-    flag for the per-head ``attn.hook_result``. Raises ValueError for what HookedTransformer cannot express (layer
-    scale, cross attention, mixture-of-experts MLPs, a non-exact GELU, a SwiGLU gate bias).
+    flag for the per-head ``attn.hook_result``. Raises ValueError for a SwiGLU bias (a LayerNorm shift folded into
+    it included), which HookedTransformer's gated MLP cannot hold.
     """
     try:
         from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -131,7 +108,8 @@ def to_hooked_transformer(model: nn.Module, *, fold_norm: bool = False, use_attn
         raise ImportError(
             "to_hooked_transformer needs transformer-lens 3.x: pip install 'transformer-lens>=3,<4'"
         ) from err
-    _check(model)
+    if not isinstance(model, TransformerLM):  # its config allows only what HookedTransformer has (norms, MLPs)
+        raise TypeError(f"to_hooked_transformer converts a TransformerLM, got {type(model).__name__}")
     cfg, blocks = model.cfg, (model.transformer.blocks if model.transformer is not None else [])
     mlp = blocks[0].mlp if len(blocks) else None
     config = HookedTransformerConfig(

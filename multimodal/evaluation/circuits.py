@@ -275,12 +275,13 @@ def analyse_text_tower(
     return out
 
 
-def _head_scores(patterns: Tensor, period: int) -> dict[str, Tensor]:
-    """Previous-token, duplicate-token and induction scores (L, H) on one-token-prefixed repeats of ``period``."""
+def _head_scores(patterns: Tensor, period: int, prefix: int = 1) -> dict[str, Tensor]:
+    """Previous-token, duplicate-token and induction scores (L, H) on repeats of ``period`` after ``prefix`` tokens
+    (the lm and text analyses: one BOS or start token)."""
     return {
         "previous_token": previous_token_scores(patterns),
-        "duplicate_token": duplicate_token_scores(patterns, period, prefix=1),
-        "induction": induction_scores(patterns, period, prefix=1),
+        "duplicate_token": duplicate_token_scores(patterns, period, prefix=prefix),
+        "induction": induction_scores(patterns, period, prefix=prefix),
     }
 
 
@@ -424,17 +425,8 @@ def repeated_control_scores(
             model, collate_tokens(runs), names_filter=lambda name: name.endswith("attn.hook_pattern")
         )
     patterns = cache.stack("attn.hook_pattern")  # (L, B, H, 2 period, 2 period)
-    scores = {
-        "previous_token": previous_token_scores(patterns),
-        "duplicate_token": duplicate_token_scores(patterns, period),
-        "induction": induction_scores(patterns, period),
-    }
-    uniform = _uniform_patterns(2 * period)
-    chance = {
-        "previous_token": previous_token_scores(uniform).item(),
-        "duplicate_token": duplicate_token_scores(uniform, period).item(),
-        "induction": induction_scores(uniform, period).item(),
-    }
+    scores = _head_scores(patterns, period, prefix=0)
+    chance = {k: v.item() for k, v in _head_scores(_uniform_patterns(2 * period), period, prefix=0).items()}
     heads = [{"layer": layer, "head": head, **{k: v[layer, head].item() for k, v in scores.items()}}
              for layer in range(patterns.shape[0]) for head in range(patterns.shape[2])]  # fmt: skip
     return {"timesteps": steps, "period": period, "sequences": sequences, "heads": heads, "chance": chance}
