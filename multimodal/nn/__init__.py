@@ -3,13 +3,15 @@
 from .aa_conv import AAConv2d, aa_conv_channels
 from .attention import Attention, attention
 from .block import Block, LayerScale, build_mlp
+from .demix import DEMixMlp
 from .drop_path import DropPath, drop_path
 from .hooks import ActivationCache, HookPoint, hook_points, hooks, run_with_cache, run_with_hooks
 from .mlp import Mlp, QuickGELU, SwiGLU, get_act_layer
-from .moe import MoEMlp, switch_load_balancing_loss
+from .moe import MoEMlp, make_expert, switch_load_balancing_loss
 from .norm import LayerNorm, RMSNorm, build_norm
 from .patch_embed import ConvStem, PatchEmbed
 from .positional import LearnedPositionalEmbedding, sincos_2d_embedding, sinusoidal_embedding
+from .task_moe import TaskMoEMlp, merge_experts
 from .transformer import Transformer
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "Attention",
     "Block",
     "ConvStem",
+    "DEMixMlp",
     "DropPath",
     "HookPoint",
     "LayerNorm",
@@ -29,6 +32,7 @@ __all__ = [
     "QuickGELU",
     "RMSNorm",
     "SwiGLU",
+    "TaskMoEMlp",
     "Transformer",
     "aa_conv_channels",
     "attention",
@@ -38,6 +42,8 @@ __all__ = [
     "get_act_layer",
     "hook_points",
     "hooks",
+    "make_expert",
+    "merge_experts",
     "run_with_cache",
     "run_with_hooks",
     "sincos_2d_embedding",

@@ -12,13 +12,16 @@ import torch
 from torch import Tensor, nn
 
 from .attention import Attention
+from .demix import DEMixMlp
 from .drop_path import DropPath
 from .hooks import HookPoint
 from .mlp import Mlp, SwiGLU
 from .moe import MoEMlp
 from .norm import build_norm
+from .task_moe import TaskMoEMlp
 
-MLPS = ("gelu", "swiglu", "moe", "none")
+ROUTED = {"moe": MoEMlp, "task_moe": TaskMoEMlp, "demix": DEMixMlp}  # mlp name -> class, built with the moe kwargs
+MLPS = ("gelu", "swiglu", *ROUTED, "none")
 
 
 class LayerScale(nn.Module):
@@ -42,14 +45,15 @@ def build_mlp(
     drop: float = 0.0,
     moe: dict[str, Any] | None = None,
 ) -> nn.Module | None:
-    """MLP by name: "gelu" (``Mlp``), "swiglu" (``SwiGLU``) or "moe" (``MoEMlp`` built with the ``moe`` kwargs);
-    "none" is no MLP at all (None), for attention-only transformers."""
+    """MLP by name: "gelu" (``Mlp``), "swiglu" (``SwiGLU``), or experts built with the ``moe`` kwargs: "moe"
+    (token-routed ``MoEMlp``), "task_moe" (task-routed ``TaskMoEMlp``), "demix" (one expert per task,
+    ``DEMixMlp``); "none" is no MLP at all (None), for attention-only transformers."""
     if kind not in MLPS:
         raise ValueError(f"unknown mlp {kind!r}; valid mlps: {', '.join(MLPS)}")
-    if (kind == "moe") != (moe is not None):
+    if (kind in ROUTED) != (moe is not None):
         raise ValueError(
-            "mlp='moe' needs moe=dict(num_experts=..., ...) and moe kwargs need mlp='moe'; "
-            f"got mlp={kind!r}, moe={moe!r}"
+            f"mlp={kind!r}: the experts' mlps ({', '.join(ROUTED)}) need their kwargs, e.g. moe=dict(num_experts=4) "
+            f"or moe=dict(num_tasks=6), and only they take moe; got moe={moe!r}"
         )
     if kind == "none":
         return None
@@ -60,7 +64,7 @@ def build_mlp(
     reserved = {"dim", "hidden_dim"} & moe.keys()
     if reserved:
         raise ValueError(f"moe kwargs must not set {sorted(reserved)}; they come from dim and mlp_ratio")
-    return MoEMlp(dim, hidden_dim, drop=drop, **moe)
+    return ROUTED[kind](dim, hidden_dim, drop=drop, **moe)
 
 
 class Block(nn.Module):
@@ -71,7 +75,7 @@ class Block(nn.Module):
     x = x + drop_path(ls2(mlp(norm2(x))))                           # not with mlp="none" (attention only)
 
     The MLP hidden size is int(dim * mlp_ratio) for every kind (for SwiGLU at the parameter count of a 4x GELU MLP,
-    use mlp_ratio=8/3). ``aux_loss`` is the MoE load-balancing loss of the last forward (zero for dense MLPs).
+    use mlp_ratio=8/3). ``aux_loss`` is the experts' load-balancing loss of the last forward (zero for dense MLPs).
 
     Hook points on the residual stream, named as TransformerLens's: ``hook_resid_pre`` (the input),
     ``hook_attn_out`` (the self-attention branch), ``hook_cross_attn_out``, ``hook_resid_mid`` (the MLP's input
@@ -134,8 +138,8 @@ class Block(nn.Module):
 
     @property
     def aux_loss(self) -> Tensor:
-        """MoE load-balancing loss of the last forward; a zero scalar for dense MLPs."""
-        if isinstance(self.mlp, MoEMlp):
+        """The experts' load-balancing loss of the last forward; a zero scalar for dense MLPs."""
+        if isinstance(self.mlp, tuple(ROUTED.values())):
             return self.mlp.aux_loss
         return torch.zeros((), device=self.attn.proj.weight.device)
 
@@ -149,11 +153,14 @@ class Block(nn.Module):
         attn_bias: Tensor | None = None,
         causal: bool = False,
         token_ids: Tensor | None = None,
+        task_ids: Tensor | None = None,
+        task_weights: Tensor | None = None,
     ) -> Tensor:
         """x (B, N, C), context (B, M, C_ctx) -> (B, N, C).
 
         key_padding_mask (B, N) / context_padding_mask (B, M) are True at padding; attn_bias and causal apply to
-        self-attention; token_ids (B, N) feed hash-routed MoE and are ignored by other MLPs.
+        self-attention. The rest route experts and are ignored by dense MLPs: token_ids (B, N) feed hash-routed
+        MoE; task_ids (B,) task MoE and DEMix; task_weights (B, tasks) mix DEMix's experts when tasks are unknown.
         """
         if context is not None and not self.cross_attention:
             raise ValueError(
@@ -173,5 +180,14 @@ class Block(nn.Module):
         if self.mlp is None:
             return self.hook_resid_post(x)
         h = self.norm2(x)
-        h = self.mlp(h, token_ids=token_ids) if isinstance(self.mlp, MoEMlp) else self.mlp(h)
+        if isinstance(self.mlp, MoEMlp):
+            h = self.mlp(h, token_ids=token_ids)
+        elif isinstance(self.mlp, TaskMoEMlp):
+            if task_weights is not None:
+                raise ValueError("task MoE routes by task_ids; task_weights (a mixture over tasks) are for DEMix")
+            h = self.mlp(h, task_ids=task_ids)
+        elif isinstance(self.mlp, DEMixMlp):
+            h = self.mlp(h, task_ids=task_ids, task_weights=task_weights)
+        else:
+            h = self.mlp(h)
         return self.hook_resid_post(x + self.hook_mlp_out(self.drop_path2(self.ls2(h))))

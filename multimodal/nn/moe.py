@@ -18,6 +18,13 @@ ROUTERS = ("topk", "hash")
 EXPERTS = ("gelu", "swiglu")
 
 
+def make_expert(kind: str, dim: int, hidden_dim: int, *, drop: float = 0.0) -> nn.Module:
+    """One expert MLP by name: "gelu" (``Mlp``) or "swiglu" (``SwiGLU``)."""
+    if kind not in EXPERTS:
+        raise ValueError(f"unknown expert {kind!r}; valid experts: {', '.join(EXPERTS)}")
+    return Mlp(dim, hidden_dim, drop=drop) if kind == "gelu" else SwiGLU(dim, hidden_dim, drop=drop)
+
+
 def switch_load_balancing_loss(router_probs: Tensor, expert_index: Tensor, num_experts: int) -> Tensor:
     """Switch Transformer load-balancing loss ``E * sum_i f_i * P_i`` (Fedus et al. 2022, eq. 4-6).
 
@@ -106,10 +113,7 @@ class MoEMlp(nn.Module):
             generator = torch.Generator().manual_seed(hash_seed)
             table = torch.randperm(hash_vocab_size, generator=generator) % num_experts  # balanced: ids per expert +-1
             self.register_buffer("hash_table", table)
-        if expert == "gelu":
-            self.experts = nn.ModuleList(Mlp(dim, hidden_dim, drop=drop) for _ in range(num_experts))
-        else:
-            self.experts = nn.ModuleList(SwiGLU(dim, hidden_dim, drop=drop) for _ in range(num_experts))
+        self.experts = nn.ModuleList(make_expert(expert, dim, hidden_dim, drop=drop) for _ in range(num_experts))
 
         self._aux_loss: Tensor | None = None
         self.last_expert_index: Tensor | None = None

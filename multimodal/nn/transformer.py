@@ -8,8 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .block import Block
-from .moe import MoEMlp
+from .block import ROUTED, Block
 
 
 class Transformer(nn.Module):
@@ -17,12 +16,13 @@ class Transformer(nn.Module):
 
     Stochastic depth grows linearly from 0 at the first block to ``drop_path_rate`` at the last (as timm).
 
-    With ``mlp="moe"``, block i (0-based) uses the mixture-of-experts MLP when ``(i + 1) % moe_every == 0``, i.e.
-    every moe_every-th block counting from the first, ending each group: moe_every=1 makes every block MoE,
-    moe_every=2 blocks 1, 3, 5, ... (Switch / GShard alternate dense and sparse layers this way). The other blocks
-    use a dense MLP of the experts' kind (``moe["expert"]``, "gelu" by default).
+    With experts (``mlp="moe"``, ``"task_moe"`` or ``"demix"``, built with the ``moe`` kwargs), block i (0-based)
+    uses them when ``(i + 1) % moe_every == 0``, i.e. every moe_every-th block counting from the first, ending each
+    group: moe_every=1 makes every block MoE, moe_every=2 blocks 1, 3, 5, ... (Switch / GShard alternate dense and
+    sparse layers this way). The other blocks use a dense MLP of the experts' kind (``moe["expert"]``, "gelu" by
+    default).
 
-    ``aux_loss`` sums the MoE load-balancing losses of the last forward; add it (times a weight) to the task loss.
+    ``aux_loss`` sums the experts' load-balancing losses of the last forward; add it (times a weight) to the loss.
     """
 
     def __init__(
@@ -52,9 +52,9 @@ class Transformer(nn.Module):
             raise ValueError(f"depth must be >= 1, got {depth}")
         if moe_every < 1:
             raise ValueError(f"moe_every must be >= 1, got {moe_every}")
-        if moe_every > 1 and mlp != "moe":
-            raise ValueError(f"moe_every={moe_every} only applies with mlp='moe', got mlp={mlp!r}")
-        if mlp == "moe" and moe_every > depth:
+        if moe_every > 1 and mlp not in ROUTED:
+            raise ValueError(f"moe_every={moe_every} only applies with experts ({', '.join(ROUTED)}), got {mlp!r}")
+        if mlp in ROUTED and moe_every > depth:
             raise ValueError(f"moe_every={moe_every} > depth={depth} leaves no MoE block; use moe_every <= depth")
         self.dim = dim
         self.depth = depth
@@ -64,8 +64,8 @@ class Transformer(nn.Module):
         drop_rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear, as timm
         self.blocks = nn.ModuleList()
         for i, rate in enumerate(drop_rates):
-            is_moe = mlp == "moe" and (i + 1) % moe_every == 0
-            block_mlp = mlp if mlp != "moe" or is_moe else dense_mlp
+            is_moe = mlp in ROUTED and (i + 1) % moe_every == 0
+            block_mlp = mlp if mlp not in ROUTED or is_moe else dense_mlp
             self.blocks.append(
                 Block(
                     dim,
@@ -92,8 +92,8 @@ class Transformer(nn.Module):
 
     @property
     def aux_loss(self) -> Tensor:
-        """Sum of the blocks' MoE load-balancing losses from the last forward (zero scalar without MoE)."""
-        losses = [blk.aux_loss for blk in self.blocks if isinstance(blk.mlp, MoEMlp)]
+        """Sum of the blocks' load-balancing losses from the last forward (zero scalar without experts)."""
+        losses = [blk.aux_loss for blk in self.blocks if isinstance(blk.mlp, tuple(ROUTED.values()))]
         if not losses:
             return torch.zeros((), device=self.blocks[0].attn.proj.weight.device)
         return torch.stack(losses).sum()
@@ -108,6 +108,8 @@ class Transformer(nn.Module):
         attn_bias: Tensor | None = None,
         causal: bool = False,
         token_ids: Tensor | None = None,
+        task_ids: Tensor | None = None,
+        task_weights: Tensor | None = None,
     ) -> Tensor:
         """x (B, N, dim), context (B, M, context_dim) -> (B, N, dim); arguments as in :meth:`Block.forward`."""
         kwargs = dict(
@@ -116,6 +118,8 @@ class Transformer(nn.Module):
             attn_bias=attn_bias,
             causal=causal,
             token_ids=token_ids,
+            task_ids=task_ids,
+            task_weights=task_weights,
         )
         use_checkpoint = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for blk in self.blocks:

@@ -97,7 +97,7 @@ def test_moe_every_k_th_block() -> None:
     assert isinstance(model.blocks[0].mlp, Mlp)
     swiglu = Transformer(16, 3, heads=2, mlp="moe", moe={**MOE, "expert": "swiglu"}, moe_every=3)
     assert [type(b.mlp) for b in swiglu.blocks] == [SwiGLU, SwiGLU, MoEMlp]
-    with pytest.raises(ValueError, match="only applies with mlp='moe'"):
+    with pytest.raises(ValueError, match=r"only applies with experts \(moe, task_moe, demix\)"):
         Transformer(16, 4, heads=2, moe_every=2)
     with pytest.raises(ValueError, match="no MoE block"):
         Transformer(16, 2, heads=2, mlp="moe", moe=MOE, moe_every=3)
