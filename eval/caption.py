@@ -15,7 +15,7 @@ from multimodal.config import ConfigError
 from multimodal.data import ensure_dataset, load_card
 from multimodal.evaluation import evaluate_captioning
 
-from .common import add_common_options, cli_parser, load_gato_run, run_cli, write_result
+from .common import add_common_options, add_task_option, cli_parser, load_gato_run, run_cli, task_route, write_result
 
 __all__ = ["main"]
 
@@ -33,8 +33,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"{'split':8s} {'caption acc':>11s} {'colour':>7s} {'shape':>7s} {'n':>6s}")
     for split in args.split or ["test"]:
         out, skips = evaluate_captioning(
-            model, tokenizer, card, split, samples=args.samples, image_size=int(data.get("image_size", 64))
-        )
+            model, tokenizer, card, split, samples=args.samples, image_size=int(data.get("image_size", 64)),
+            task=task_route(model, card.name, args.task),
+        )  # fmt: skip
         print(f"{split:8s} {out['accuracy']:11.4f} {out['colour_named']:7.4f} {out['shape_named']:7.4f} {out['n']:6d}")
         for example in out["examples"][:3]:
             print(
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", help="captioned dataset card (default: the run's captioned dataset)")
     parser.add_argument("--split", action="append", help="split to caption (repeatable; default: test)")
     parser.add_argument("--samples", type=int, default=1000, help="images per split")
+    add_task_option(parser)
     add_common_options(
         parser, no_ema=True, device="torch device to caption on, e.g. cuda", out="RUN/eval/caption_<dataset>.json"
     )

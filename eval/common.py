@@ -13,6 +13,7 @@ from torch import nn
 
 from multimodal import load_checkpoint
 from multimodal.cli import HelpFormatter, add_threads_argument, run_cli
+from multimodal.config import ConfigError
 from multimodal.data import DatasetCard, SampleDecoder, load_card
 from multimodal.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from multimodal.io import atomic_write_json
@@ -99,6 +100,25 @@ def load_gato_run(args: argparse.Namespace) -> tuple[dict[str, Any], nn.Module, 
     cfg = read_run_config(args.checkpoint, task="gato")
     model = load_checkpoint(args.checkpoint, ema=False if args.no_ema else None, device=args.device)
     return cfg, model, load_gato_tokenizer(args.checkpoint, model)
+
+
+def add_task_option(parser: argparse.ArgumentParser) -> None:
+    """--task: how a GATO with task-routed experts (task MoE, DEMix) picks them."""
+    parser.add_argument(
+        "--task", choices=("label", "posterior"), default="label",
+        help="for task-routed experts: label (each dataset's own task id) or posterior (DEMix: a mixture over tasks "
+        "estimated from the context, as for a sequence whose task is not given)",
+    )  # fmt: skip
+
+
+def task_route(model: nn.Module, name: str, how: str) -> int | str | None:
+    """What routes ``model``'s experts on dataset ``name`` (:func:`multimodal.pipelines.gato.route`): its task id,
+    "posterior", or None for a model without task-routed experts."""
+    if how == "posterior":
+        if model.cfg.mlp != "demix":
+            raise ConfigError(f"--task posterior mixes DEMix experts; this run's model.args.mlp is {model.cfg.mlp!r}")
+        return "posterior"
+    return model.task_index(name) if model.cfg.routes_by_task else None
 
 
 def load_run_model(args: argparse.Namespace) -> tuple[nn.Module, Accelerator]:

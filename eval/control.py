@@ -18,7 +18,7 @@ from multimodal.data import load_card
 from multimodal.data.control import ENVS, dataset_name
 from multimodal.evaluation import evaluate_control
 
-from .common import add_common_options, cli_parser, load_gato_run, run_cli, write_result
+from .common import add_common_options, add_task_option, cli_parser, load_gato_run, run_cli, task_route, write_result
 
 __all__ = ["main"]
 
@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results = {}
     print(f"{'env':28s} {'episodes':>8s} {'mean return':>12s} {'std':>8s} {'score':>7s}  (random, expert)")
     for card in cards:
-        out = evaluate_control(model, tokenizer, card, episodes=args.episodes)
+        task = task_route(model, card.name, args.task)
+        out = evaluate_control(model, tokenizer, card, episodes=args.episodes, task=task)
         refs = out["references"]
         print(
             f"{out['env_id']:28s} {out['episodes']:8d} {out['mean_return']:12.4g} {out['std_return']:8.4g} "
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         "--env", default="all", help="an env id (CartPole-v1, Pendulum-v1, Acrobot-v1), or all: every env of the run"
     )
     parser.add_argument("--episodes", type=int, default=20, help="rollouts per env")
+    add_task_option(parser)
     add_common_options(parser, no_ema=True, device="torch device to act on, e.g. cuda", out="RUN/eval/control.json")
     return run_cli(run, parser, argv)
 

@@ -14,7 +14,7 @@ from ..config import ConfigError
 from ..data import SampleDecoder, SampleStream, SkipStats, collate, make_loader
 from ..data.cards import DatasetCard
 from ..data.stream import DecodeError
-from ..pipelines.gato import caption_images, judge_caption, named_pairs
+from ..pipelines.gato import Task, caption_images, judge_caption, named_pairs
 from ..tokenizers.gato import GatoTokenizer
 
 __all__ = ["evaluate_captioning"]
@@ -54,8 +54,10 @@ def evaluate_captioning(
     samples: int,
     image_size: int,
     batch_size: int = 100,
+    task: Task = None,
 ) -> tuple[dict[str, Any], SkipStats]:
-    """Caption the first ``samples`` images of ``split`` and judge each against its objects."""
+    """Caption the first ``samples`` images of ``split`` and judge each against its objects; ``task`` routes
+    task-routed experts (:func:`~multimodal.pipelines.gato.route`)."""
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     colours, shapes = card.labels.get("color"), card.labels.get("shape")
@@ -71,7 +73,7 @@ def evaluate_captioning(
         if not batch["size"]:  # every sample of the batch was unusable
             continue
         keep = min(len(batch["key"]), samples - n)
-        captions = caption_images(model, tokenizer, batch["image"][:keep])
+        captions = caption_images(model, tokenizer, batch["image"][:keep], task=task)
         for caption, objects, key in zip(captions, batch["objects"][:keep], batch["key"][:keep], strict=True):
             ok = judge_caption(caption, objects, colours, shapes)
             pairs = named_pairs(caption, colours, shapes)  # parsed once for the colour and shape shares

@@ -16,16 +16,23 @@ from ..data import ensure_dataset
 from ..data.cards import DatasetCard
 from ..data.control import EVAL_SEED_START, env_spec, normalised_score, read_episodes, run_episodes
 from ..data.shards import read_manifest
-from ..pipelines.gato import GatoAgent
+from ..pipelines.gato import GatoAgent, Task
 from ..tokenizers.gato import GatoTokenizer
 
 __all__ = ["evaluate_control"]
 
 
 def evaluate_control(
-    model: nn.Module, tokenizer: GatoTokenizer, card: DatasetCard, *, episodes: int, first_seed: int = EVAL_SEED_START
+    model: nn.Module,
+    tokenizer: GatoTokenizer,
+    card: DatasetCard,
+    *,
+    episodes: int,
+    first_seed: int = EVAL_SEED_START,
+    task: Task = None,
 ) -> dict[str, Any]:
-    """Roll ``model`` out for ``episodes`` episodes of the card's environment, all at once in lockstep."""
+    """Roll ``model`` out for ``episodes`` episodes of the card's environment, all at once in lockstep; ``task``
+    routes task-routed experts (:func:`~multimodal.pipelines.gato.route`)."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     env_id = card.generator_args.get("env_id")
@@ -36,7 +43,7 @@ def evaluate_control(
     references = {k: manifest["reference_returns"][k] for k in ("random", "expert")}
     demos = read_episodes(card, "test")
     demonstration = max(demos, key=lambda e: e.total_return)
-    agent = GatoAgent(model, tokenizer, env_spec(env_id), demonstration)
+    agent = GatoAgent(model, tokenizer, env_spec(env_id), demonstration, task=task)
     start = time.perf_counter()
     rollouts = run_episodes(env_id, agent.policy(), range(first_seed, first_seed + episodes))
     returns = [e.total_return for e in rollouts]

@@ -21,7 +21,9 @@ action (the tokenizer's loss mask). Logits are computed only at those positions:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
 from typing import Any, Literal
 
 import torch
@@ -29,11 +31,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import Config
-from ..nn import Transformer
+from ..nn import DEMixMlp, TaskMoEMlp, Transformer
 from ..tokenizers.gato import NUM_BINS, PATCH_SIZE, Modality
 from .registry import register_model
 
 __all__ = ["Gato", "GatoConfig", "PatchResNetBlock"]
+
+TASK_ROUTED = ("task_moe", "demix")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +57,10 @@ class GatoConfig(Config):
     depth: int = 4
     heads: int = 4
     mlp_ratio: float = 4.0
+    mlp: Literal["gelu", "swiglu", "moe", "task_moe", "demix"] = "gelu"  # experts: see multimodal.nn.build_mlp
+    moe: dict[str, Any] | None = None  # the experts' kwargs (num_experts, top_k, ...); num_tasks comes from tasks
+    moe_every: int = 1  # experts in every moe_every-th block, dense MLPs between
+    tasks: tuple[str, ...] = ()  # task names in id order (batch["task"] indexes them); task_moe and demix need them
     norm: Literal["layer", "rms"] = "layer"
     pos_embed: Literal["learned", "none"] = "learned"
     dropout: float = 0.0
@@ -65,6 +73,23 @@ class GatoConfig(Config):
             )
         if self.dim % self.heads:
             raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads}")
+        if self.mlp in TASK_ROUTED and not self.tasks:
+            raise ValueError(f"mlp={self.mlp!r} routes by task: list the task names in id order in tasks")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks names a task twice: {list(self.tasks)}")
+        if "num_tasks" in (self.moe or {}):
+            raise ValueError("moe.num_tasks comes from the length of tasks; remove it from moe")
+
+    @property
+    def routes_by_task(self) -> bool:
+        """True when the MLPs need each sequence's task (``batch["task"]``) or a mixture over tasks."""
+        return self.mlp in TASK_ROUTED
+
+    def experts_kwargs(self) -> dict[str, Any] | None:
+        """The ``moe`` kwargs of the backbone's expert MLPs (with num_tasks for the task-routed ones)."""
+        if self.mlp in TASK_ROUTED:
+            return {**(self.moe or {}), "num_tasks": len(self.tasks)}
+        return self.moe
 
     @property
     def vocab_size(self) -> int:
@@ -114,6 +139,9 @@ class Gato(nn.Module):
             cfg.depth,
             heads=cfg.heads,
             mlp_ratio=cfg.mlp_ratio,
+            mlp=cfg.mlp,
+            moe=cfg.experts_kwargs(),
+            moe_every=cfg.moe_every,
             norm=cfg.norm,
             drop_path_rate=cfg.drop_path_rate,
             proj_drop=cfg.dropout,
@@ -168,10 +196,117 @@ class Gato(nn.Module):
         """Final hidden states (B, T, dim), or with ``compute_loss`` the output of :meth:`loss` (so that a
         distributed wrapper sees the loss computed inside its forward).
 
-        Right padding needs no mask: under the causal mask no real token attends to a later padding token.
+        Right padding needs no mask: under the causal mask no real token attends to a later padding token. A model
+        whose experts route by task reads ``batch["task"]`` (B,) ids of ``cfg.tasks``, or for DEMix
+        ``batch["task_weights"]`` (B, tasks), a mixture such as :meth:`task_posterior` gives.
         """
-        hidden = self.norm(self.transformer(self.embed(batch), causal=True))
+        task_ids, task_weights = batch.get("task"), batch.get("task_weights")
+        if self.cfg.routes_by_task and task_ids is None and task_weights is None:
+            raise ValueError(
+                f"this GATO's experts route by task ({self.cfg.mlp}): the batch needs 'task', one id of "
+                f"{list(self.cfg.tasks)} per sequence" + (", or 'task_weights'" if self.cfg.mlp == "demix" else "")
+            )
+        x = self.transformer(self.embed(batch), causal=True, task_ids=task_ids, task_weights=task_weights)
+        hidden = self.norm(x)
         return self._loss(batch, hidden) if compute_loss else hidden
+
+    @property
+    def aux_loss(self) -> Tensor:
+        """The experts' load-balancing loss of the last forward (zero for dense MLPs and DEMix)."""
+        return self.transformer.aux_loss
+
+    def task_index(self, name: str) -> int:
+        """The id of task ``name`` in ``cfg.tasks``."""
+        if name not in self.cfg.tasks:
+            raise ValueError(f"task {name!r} is not one of this model's tasks {list(self.cfg.tasks)}")
+        return self.cfg.tasks.index(name)
+
+    @torch.no_grad()
+    def context_log_likelihood(self, batch: dict[str, Tensor], task_ids: Tensor | None = None) -> Tensor:
+        """Sum of log-probabilities of each sequence's text and action targets, under the experts of ``task_ids``
+        (B,) when the model routes by task: (B,) float32."""
+        routed = {k: v for k, v in batch.items() if k not in ("task", "task_weights")}
+        if task_ids is not None:
+            routed["task"] = task_ids
+        hidden = self(routed)[:, :-1]  # (B, T-1, dim): position t predicts token t+1
+        mask = batch["loss_mask"][:, 1:] & batch["padding_mask"][:, 1:]  # (B, T-1)
+        out = torch.zeros(hidden.shape[0], device=hidden.device)
+        if mask.any():
+            logits = self.logits(hidden[mask]).float()  # (K, vocab)
+            log_p = logits.log_softmax(-1).gather(1, batch["tokens"][:, 1:][mask][:, None])[:, 0]  # (K,)
+            out.index_add_(0, mask.nonzero()[:, 0], log_p)
+        return out
+
+    @torch.no_grad()
+    def task_posterior(self, batch: dict[str, Tensor], prior: Tensor | None = None) -> Tensor:
+        """DEMix's posterior over tasks from each sequence's context: softmax over tasks of the context's
+        log-likelihood under that task's experts plus the log prior (uniform by default): (B, tasks), rows summing
+        to one. A sequence with no text or action target yet keeps the prior."""
+        if self.cfg.mlp != "demix":
+            raise ValueError(f"task_posterior mixes DEMix experts; this model's mlp is {self.cfg.mlp!r}")
+        B, n = batch["tokens"].shape[0], len(self.cfg.tasks)
+        device = batch["tokens"].device
+        if prior is not None and (prior.shape != (n,) or (prior < 0).any() or abs(float(prior.sum()) - 1) > 1e-4):
+            raise ValueError(f"prior must be {n} non-negative task probabilities summing to 1, got {prior.tolist()}")
+        log_prior = torch.full((n,), -math.log(n), device=device) if prior is None else prior.to(device).log()
+        scores = torch.stack(
+            [self.context_log_likelihood(batch, torch.full((B,), t, device=device)) for t in range(n)], dim=1
+        )  # (B, tasks)
+        return (scores + log_prior).softmax(-1)
+
+    def add_task(self, name: str, *, init_from: str | None = None) -> int:
+        """A DEMix expert for a new task ``name`` in every expert block, a copy of task ``init_from``'s (or freshly
+        initialised); the old tasks' outputs stay bit-identical. Returns the new task's id."""
+        if self.cfg.mlp != "demix":
+            raise ValueError(f"tasks are added to DEMix experts; this model's mlp is {self.cfg.mlp!r}")
+        if name in self.cfg.tasks:
+            raise ValueError(f"task {name!r} is already one of {list(self.cfg.tasks)}")
+        source = None if init_from is None else self.task_index(init_from)
+        for block in self.transformer.blocks:
+            if isinstance(block.mlp, DEMixMlp):
+                block.mlp.add_expert(init_from=source)
+        self.cfg = self.cfg.replace(tasks=(*self.cfg.tasks, name))
+        return len(self.cfg.tasks) - 1
+
+    @torch.no_grad()
+    def extract_task(self, name: str) -> Gato:
+        """Task ``name``'s subnetwork as a dense GATO (``cfg.tasks == (name,)``) that gives that task the same
+        outputs: task MoE's chosen experts merged per block (gates folded in), or DEMix's expert of the task."""
+        if not self.cfg.routes_by_task:
+            raise ValueError(
+                f"only task-routed experts (task_moe, demix) have a task subnetwork; mlp={self.cfg.mlp!r}"
+            )
+        task = self.task_index(name)
+        dense = {  # block index -> the task's dense MLP
+            i: block.mlp.dense_expert(task) if self.cfg.mlp == "task_moe" else copy.deepcopy(block.mlp.experts[task])
+            for i, block in enumerate(self.transformer.blocks)
+            if isinstance(block.mlp, (TaskMoEMlp, DEMixMlp))
+        }
+        hidden = {m.fc2.in_features for m in dense.values()}
+        if self.cfg.moe_every > 1:
+            hidden.add(int(self.cfg.dim * self.cfg.mlp_ratio))
+        if len(hidden) != 1:
+            raise ValueError(
+                f"the dense MLPs between expert blocks are {int(self.cfg.dim * self.cfg.mlp_ratio)} wide and the "
+                f"task's merged experts {max(hidden)}: one dense GATO cannot hold both (use top_k=1 or moe_every=1)"
+            )
+        cfg = self.cfg.replace(
+            mlp=(self.cfg.moe or {}).get("expert", "gelu"),
+            moe=None,
+            moe_every=1,
+            mlp_ratio=hidden.pop() / self.cfg.dim,
+            tasks=(name,),
+        )
+        with torch.random.fork_rng(devices=[]):
+            out = Gato(cfg).to(self.token_embed.weight.device)
+        experts = tuple(f"transformer.blocks.{i}.mlp." for i in dense)
+        missing, unexpected = out.load_state_dict(
+            {k: v for k, v in self.state_dict().items() if not k.startswith(experts)}, strict=False
+        )
+        assert not unexpected and all(k.startswith(experts) for k in missing)
+        for i, mlp in dense.items():
+            out.transformer.blocks[i].mlp.load_state_dict(mlp.state_dict())
+        return out.train(self.training)
 
     def logits(self, hidden: Tensor, token_range: tuple[int, int] | None = None) -> Tensor:
         """Hidden states (..., dim) -> logits over the vocabulary, or over ids [lo, hi) of ``token_range``."""

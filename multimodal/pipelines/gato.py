@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -27,7 +28,30 @@ from ..tokenizers.gato import (
     image_to_patches,
 )
 
-__all__ = ["GatoAgent", "caption_images", "control_layout", "judge_caption", "named_pairs", "prompted_window"]
+__all__ = [
+    "GatoAgent",
+    "Task",
+    "caption_images",
+    "control_layout",
+    "judge_caption",
+    "named_pairs",
+    "prompted_window",
+    "route",
+]
+
+Task = int | Literal["posterior"] | None  # a task id of the model's cfg.tasks, DEMix's posterior mixture, or none
+
+
+def route(model: Gato, batch: dict[str, Tensor], task: Task) -> dict[str, Tensor]:
+    """``batch`` with what the model's task-routed experts read: ``task`` (B,) for a task id, ``task_weights`` from
+    :meth:`Gato.task_posterior` on the batch's context for "posterior", nothing for None (dense models)."""
+    if task is None:
+        return batch
+    if task == "posterior":
+        return {**batch, "task_weights": model.task_posterior(batch)}
+    if isinstance(task, str):
+        raise ValueError(f"task must be a task id, 'posterior' or None, got {task!r}")
+    return {**batch, "task": torch.full_like(batch["tokens"][:, 0], task)}
 
 
 def control_layout(spec: EnvSpec, context_length: int, patch_size: int = PATCH_SIZE) -> tuple[int, int]:
@@ -79,13 +103,20 @@ class GatoAgent:
     Each call reads, for every running env, the prompt (the last ``prompt_timesteps`` of ``demonstration``), then
     as many of that env's latest timesteps as fit, then its current observation and the separator, and decodes the
     action greedily from the ids valid for the env (discrete: [0, num_actions); continuous: the 1,024 bins). Call
-    :meth:`reset` before a new batch of episodes.
+    :meth:`reset` before a new batch of episodes. ``task`` routes task-routed experts (see :func:`route`).
     """
 
     def __init__(
-        self, model: Gato, tokenizer: GatoTokenizer, spec: EnvSpec, demonstration: Episode | None = None
+        self,
+        model: Gato,
+        tokenizer: GatoTokenizer,
+        spec: EnvSpec,
+        demonstration: Episode | None = None,
+        *,
+        task: Task = None,
     ) -> None:
         self.model = model
+        self.task = task
         self.tokenizer = tokenizer
         self.spec = spec
         self.context_length = model.cfg.context_length
@@ -132,7 +163,7 @@ class GatoAgent:
         batch = {k: v.to(device) for k, v in batch.items()}
         ids = []
         for _ in range(self.spec.action_dim):  # action values one token at a time, each fed back
-            token = self.model.next_token(batch, self.token_range)  # (N,)
+            token = self.model.next_token(route(self.model, batch, self.task), self.token_range)  # (N,)
             ids.append(token)
             batch = _append(
                 batch, token, Modality.CONTINUOUS if self.spec.action_kind == "continuous" else Modality.DISCRETE
@@ -171,8 +202,11 @@ def _append(batch: dict[str, Tensor], token: Tensor, modality: Modality) -> dict
 
 
 @torch.no_grad()
-def caption_images(model: Gato, tokenizer: GatoTokenizer, images: Tensor, *, max_new_tokens: int = 16) -> list[str]:
-    """Greedy captions of images (N, C, H, W) in [0, 1]: the patches, then text tokens until end-of-text."""
+def caption_images(
+    model: Gato, tokenizer: GatoTokenizer, images: Tensor, *, max_new_tokens: int = 16, task: Task = None
+) -> list[str]:
+    """Greedy captions of images (N, C, H, W) in [0, 1]: the patches, then text tokens until end-of-text;
+    ``task`` routes task-routed experts (see :func:`route`)."""
     device = next(model.parameters()).device
     sequences = []
     for image in images:
@@ -194,7 +228,7 @@ def caption_images(model: Gato, tokenizer: GatoTokenizer, images: Tensor, *, max
     generated = []
     done = torch.zeros(len(sequences), dtype=torch.bool, device=device)
     for _ in range(max_new_tokens):
-        token = model.next_token(batch, text_range)  # (N,)
+        token = model.next_token(route(model, batch, task), text_range)  # (N,)
         generated.append(token)
         done |= token == tokenizer.eot_token_id
         if done.all() or batch["tokens"].shape[1] >= model.cfg.context_length:

@@ -238,3 +238,38 @@ def test_the_text_vocabulary_is_the_whole_bpe_or_the_training_captions(
     small = GatoTask(cfg.replace(model={"args": {"text_vocab_size": 512}}))
     with pytest.raises(ConfigError, match=r"text_vocab_size=512 cannot hold .* set it to at least 1024"):
         small.tokenizer(small.build_model())
+
+
+@pytest.mark.parametrize("mlp", ["task_moe", "demix"])
+def test_task_routed_experts_train_on_their_task_ids_and_evaluate(
+    tiny_shapes: Path,
+    control_cards: dict[str, Path],
+    tmp_path: Path,
+    offline: None,
+    capsys: pytest.CaptureFixture,
+    mlp: str,
+) -> None:
+    """Each dataset's sequences carry its task id; the CLIs route by label, and DEMix also by posterior."""
+    cfg = recipe(tiny_shapes, control_cards, tmp_path / "run", steps=4, eval_every=4)
+    names = ["tiny-shapes", "tiny-cartpole", "tiny-pendulum"]
+    cfg["model"]["args"] |= {"mlp": mlp, "moe": {"num_experts": 3} if mlp == "task_moe" else None, "tasks": names}
+    task = GatoTask(TrainConfig.from_dict(cfg))
+    parts = next(iter(task.train_batches(task.build_model(), 0)))["parts"]
+    assert {name: part["task"].unique().tolist() for name, part in parts.items()} == {
+        n: [i] for i, n in enumerate(names)
+    }
+    result = train(TrainConfig.from_dict(cfg))
+    assert np.isfinite(result["eval/tiny-pendulum_score"]) and 0 <= result["eval/tiny-shapes_caption_acc"] <= 1
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    aux = [h.get("train/aux_loss") for h in history if "train/loss" in h]  # task MoE balances its routing
+    assert all(a >= 1 - 1e-6 for a in aux) if mlp == "task_moe" else aux == [None] * len(aux)
+    how = ["label", "posterior"] if mlp == "demix" else ["label"]
+    for routing in how:
+        assert eval_control.main(["--checkpoint", str(tmp_path / "run"), "--episodes", "2", "--task", routing]) == 0
+        assert eval_caption.main(["--checkpoint", str(tmp_path / "run"), "--samples", "4", "--task", routing]) == 0
+    if mlp == "task_moe":
+        assert eval_control.main(["--checkpoint", str(tmp_path / "run"), "--episodes", "1", "--task", "posterior"])
+        assert "--task posterior mixes DEMix experts" in capsys.readouterr().err
+    cfg["model"]["args"]["tasks"] = names[:2]
+    with pytest.raises(ConfigError, match=r"lacks \['tiny-pendulum'\]"):
+        GatoTask(TrainConfig.from_dict(cfg)).build_model()

@@ -57,6 +57,7 @@ class GatoOptions(TaskConfig, task="gato"):
     eval_episodes: int = 5  # rollouts per control dataset at each evaluation
     eval_samples: int = 64  # images captioned at each evaluation
     text_vocabulary: Literal["bpe", "captions"] = "bpe"  # open_clip's BPE, or only the captions' tokens
+    aux_loss_weight: float = 0.01  # experts' load balancing (Switch Transformer's alpha; token and task MoE)
 
 
 def split_batch(mixture: dict[str, float], batch_size: int) -> dict[str, int]:
@@ -130,7 +131,18 @@ class GatoTask(Task):
         for name in self.counts:
             if self.is_control(name):
                 control_layout(self.env(name), model.cfg.context_length)  # raises if the context is too short
+        missing = [name for name in self.counts if name not in model.cfg.tasks]
+        if model.cfg.routes_by_task and missing:
+            raise ConfigError(
+                f"model.args.mlp={model.cfg.mlp} routes by task, and model.args.tasks {list(model.cfg.tasks)} lacks "
+                f"{missing} of task.mixture; set model.args.tasks: [{', '.join(self.counts)}]"
+            )
         return model
+
+    def task_route(self, model: nn.Module, name: str) -> int | None:
+        """Dataset ``name``'s task id for the model's task-routed experts; None for other models."""
+        cfg = self.unwrap(model).cfg
+        return cfg.tasks.index(name) if cfg.routes_by_task else None
 
     def caption_texts(self, split: str) -> list[str]:
         """Every caption (the text and the alternative captions of each sample) of the mixture's captioned
@@ -193,6 +205,7 @@ class GatoTask(Task):
         """Each batch holds every dataset's share: captions from their own loaders, control windows drawn here."""
         tokenizer, context = self.tokenizer(model), self.unwrap(model).cfg.context_length
         rank, seed = self.rank_world()[0], self.cfg.run.seed
+        tasks = {name: self.task_route(model, name) for name in self.counts}
         captions = {
             name: iter(self._caption_loader(name, count, tokenizer, start_batch))
             for name, count in self.counts.items()
@@ -216,6 +229,8 @@ class GatoTask(Task):
                         [self.control_sequence(episodes, name, context, rng) for _ in range(count)]
                     )
                     keys += [f"{name}:{batch}:{j}" for j in range(count)]
+                if tasks[name] is not None:
+                    parts[name]["task"] = torch.full((parts[name]["tokens"].shape[0],), tasks[name])
             yield {"parts": parts, "size": sum(p["tokens"].shape[0] for p in parts.values()), "key": keys,
                    "skipped": skipped}  # fmt: skip
             batch += 1
@@ -243,6 +258,10 @@ class GatoTask(Task):
         part = {k: v.to(device, non_blocking=True) for k, v in batch["parts"][name].items()}
         loss, logs = model(part, compute_loss=True)
         out = {f"{name}_loss": logs["loss"]}
+        aux = self.unwrap(model).aux_loss  # the experts' load balancing; zero for dense MLPs
+        if aux.requires_grad:
+            loss = loss + self.opts.aux_loss_weight * aux
+            out["aux_loss"] = aux.detach()
         for key in ("text_acc", "action_acc"):
             if key in logs:
                 out[f"{name}_acc"] = logs[key]
@@ -279,13 +298,17 @@ class GatoTask(Task):
         with self.evaluation_mode(inner):
             for name in self.counts:
                 if self.is_control(name) and self.opts.eval_episodes > 0:
-                    out = evaluate_control(inner, tokenizer, self.cards[name], episodes=self.opts.eval_episodes)
+                    out = evaluate_control(
+                        inner, tokenizer, self.cards[name], episodes=self.opts.eval_episodes,
+                        task=self.task_route(inner, name),
+                    )  # fmt: skip
                     results[f"{name}_return"] = out["mean_return"]
                     results[f"{name}_score"] = out["normalised_score"]
                 elif not self.is_control(name) and self.cfg.data.eval_split and self.opts.eval_samples > 0:
                     out, skipped = evaluate_captioning(
                         inner, tokenizer, self.cards[name], self.cfg.data.eval_split,
                         samples=self.opts.eval_samples, image_size=self.cfg.data.image_size,
+                        task=self.task_route(inner, name),
                     )  # fmt: skip
                     results[f"{name}_caption_acc"] = out["accuracy"]
                     skips.merge(skipped)
