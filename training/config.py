@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from multimodal.config import Config, ConfigError, apply_overrides, load_yaml
@@ -18,6 +19,7 @@ from multimodal.data.stream import STOP_SIGNALS
 from multimodal.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from multimodal.models import create_model
 from multimodal.models.registry import check_model_name
+from multimodal.runs import run_weights
 
 __all__ = ["DataConfig", "ModelSpec", "OptimConfig", "RunConfig", "TaskConfig", "TrainConfig", "TrainLoopConfig"]
 
@@ -76,17 +78,30 @@ class ModelSpec(Config):
 
     name: str = "vit_nano_patch4_32"
     args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    init_from: str | None = None  # a run (or its checkpoints/step-* folder) whose weights start this one
 
     def build(self, device: str | torch.device | None = None) -> nn.Module:
-        """The model; a wrong name, argument or value is a :class:`ConfigError` naming its ``model.*`` key."""
+        """The model, with ``init_from``'s weights (its EMA where it kept one) unless built on the meta device; a
+        wrong name, argument or value, or weights of another shape, is a :class:`ConfigError` naming its key."""
         check_model_name(self.name, key="model.name")
         try:
             with torch.device(device) if device is not None else contextlib.nullcontext():
-                return create_model(self.name, **self.args)
+                model = create_model(self.name, **self.args)
         except ConfigError as e:
             raise ConfigError(_under_model_args(str(e))) from None
         except (TypeError, ValueError, ArithmeticError, RuntimeError) as e:  # torch refusing a size, e.g. dim=-1
             raise ConfigError(f"model {self.name!r} with args {self.args}: {e}") from None
+        if self.init_from is not None and str(device) != "meta":
+            weights = run_weights(self.init_from)
+            try:
+                model.load_state_dict(load_file(str(weights)))
+            except RuntimeError as e:
+                first = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e)
+                raise ConfigError(
+                    f"model.init_from={self.init_from}: its weights do not fit model {self.name!r} with these "
+                    f"model.args ({first.strip()}); use the model.args that run trained with"
+                ) from None
+        return model
 
 
 @dataclasses.dataclass(frozen=True)

@@ -228,7 +228,12 @@ class Gato(nn.Module):
         routed = {k: v for k, v in batch.items() if k not in ("task", "task_weights")}
         if task_ids is not None:
             routed["task"] = task_ids
-        hidden = self(routed)[:, :-1]  # (B, T-1, dim): position t predicts token t+1
+        return self.target_log_likelihood(batch, self(routed))
+
+    def target_log_likelihood(self, batch: dict[str, Tensor], hidden: Tensor) -> Tensor:
+        """Sum of log-probabilities of each sequence's text and action targets given this model's final hidden
+        states (B, T, dim) of the batch: (B,) float32."""
+        hidden = hidden[:, :-1]  # (B, T-1, dim): position t predicts token t+1
         mask = batch["loss_mask"][:, 1:] & batch["padding_mask"][:, 1:]  # (B, T-1)
         out = torch.zeros(hidden.shape[0], device=hidden.device)
         if mask.any():

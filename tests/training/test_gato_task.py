@@ -273,3 +273,29 @@ def test_task_routed_experts_train_on_their_task_ids_and_evaluate(
     cfg["model"]["args"]["tasks"] = names[:2]
     with pytest.raises(ConfigError, match=r"lacks \['tiny-pendulum'\]"):
         GatoTask(TrainConfig.from_dict(cfg)).build_model()
+
+
+def test_a_branch_starts_from_the_seed_run_and_keeps_its_tokenizer(
+    tiny_shapes: Path, control_cards: dict[str, Path], tmp_path: Path, offline: None
+) -> None:
+    """Branch-Train-Merge's branch: model.init_from the seed run, one task of the mixture, the seed's tokenizer
+    (a control-only mixture has no captions to build a caption vocabulary from)."""
+    seed_cfg = recipe(tiny_shapes, control_cards, tmp_path / "seed", steps=2, eval_every=0)
+    train(TrainConfig.from_dict(seed_cfg))
+    branch = recipe(tiny_shapes, control_cards, tmp_path / "branch", steps=2, eval_every=2)
+    branch["task"]["mixture"] = {str(control_cards["tiny-cartpole"]): 1.0}
+    branch["model"]["init_from"] = str(tmp_path / "seed")
+    task = GatoTask(TrainConfig.from_dict(branch))
+    start = task.build_model().state_dict()
+    seed_weights = load_file(tmp_path / "seed" / "model.safetensors")
+    assert all(torch.equal(start[k], v) for k, v in seed_weights.items())
+    result = train(TrainConfig.from_dict(branch))
+    assert 0 < result["eval/tiny-cartpole_return"] <= 500
+    tokenizer = json.loads((tmp_path / "branch" / "gato_tokenizer.json").read_text())
+    assert tokenizer == json.loads((tmp_path / "seed" / "gato_tokenizer.json").read_text())
+    branch["model"]["args"]["depth"] = 1
+    with pytest.raises(ConfigError, match=r"model\.init_from=.*do not fit model 'gato_nano'"):
+        GatoTask(TrainConfig.from_dict(branch)).build_model()
+    branch["model"]["init_from"] = str(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="not a run directory"):
+        GatoTask(TrainConfig.from_dict(branch)).build_model()

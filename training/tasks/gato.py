@@ -39,6 +39,7 @@ from multimodal.data.control import Episode, env_spec, read_episodes
 from multimodal.data.shards import read_shard
 from multimodal.evaluation import evaluate_captioning, evaluate_control
 from multimodal.pipelines.gato import control_layout, prompted_window
+from multimodal.runs import load_gato_tokenizer
 from multimodal.tokenizers import ClipTokenizer, SubsetTokenizer
 from multimodal.tokenizers.gato import NUM_DISCRETE, TOKENIZER_FILE, GatoTokenizer, GatoTokens, collate_tokens
 
@@ -161,10 +162,21 @@ class GatoTask(Task):
 
     def tokenizer(self, model: nn.Module) -> GatoTokenizer:
         """The run's tokenizer, its layout the model's (``text_vocab_size``, bins, patch); made once (after the data:
-        ``task.text_vocabulary=captions`` reads the training captions) and saved next to the run's config."""
+        ``task.text_vocabulary=captions`` reads the training captions) and saved next to the run's config. A model
+        started from another run's weights (``model.init_from``) keeps that run's tokenizer: its token table is
+        laid out for it."""
         if self._tokenizer is not None:
             return self._tokenizer
         layout = self.unwrap(model).cfg
+        if self.cfg.model.init_from is not None:
+            self._tokenizer = load_gato_tokenizer(self.cfg.model.init_from, self.unwrap(model))
+        else:
+            self._tokenizer = self._new_tokenizer(layout)
+        if self.is_main_process and self.acc is not None:
+            self._tokenizer.save(self.cfg.run_dir / TOKENIZER_FILE)
+        return self._tokenizer
+
+    def _new_tokenizer(self, layout) -> GatoTokenizer:
         if self.opts.text_vocabulary == "captions":
             text = SubsetTokenizer.from_texts(self.caption_texts(self.cfg.data.train_split))
         else:
@@ -175,12 +187,9 @@ class GatoTask(Task):
                 f"ids of task.text_vocabulary={self.opts.text_vocabulary} and the {NUM_DISCRETE} discrete "
                 f"ids; set it to at least {max(text.vocab_size, NUM_DISCRETE)}"
             )
-        self._tokenizer = GatoTokenizer(
+        return GatoTokenizer(
             text, text_vocab_size=layout.text_vocab_size, num_bins=layout.num_bins, patch_size=layout.patch_size
         )
-        if self.is_main_process and self.acc is not None:
-            self._tokenizer.save(self.cfg.run_dir / TOKENIZER_FILE)
-        return self._tokenizer
 
     # --- data --------------------------------------------------------------------------------------------------
 
