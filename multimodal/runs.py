@@ -4,12 +4,16 @@ run's folder; what is below it (models, data, pipelines) takes models."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import ConfigError, load_yaml
@@ -35,6 +39,7 @@ __all__ = [
     "run_dir",
     "run_transform",
     "run_weights",
+    "write_run",
 ]
 
 _STACK = "multimodal.generate, given the folder above it"
@@ -133,6 +138,29 @@ def load_checkpoint(path: str | Path, *, ema: bool | None = None, device: str | 
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
     return model.to(device).eval()
+
+
+def write_run(out: str | Path, config: dict[str, Any], model: nn.Module, *, files: Sequence[Path] = ()) -> Path:
+    """A run folder that every tool reads as a trained run: ``config.yaml``, ``model.safetensors`` (the model's
+    state, contiguous) and ``files`` copied in. Written in a temporary folder beside ``out`` and renamed, so a failure
+    leaves no half-written run; an existing ``out`` is refused."""
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists; choose a new --out folder (nothing was written)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors")
+        )
+        for file in files:
+            shutil.copy2(file, tmp / Path(file).name)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
 
 def load_model_and_transforms(
