@@ -144,7 +144,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         row: dict[str, Any] = {"runs": paths, "active_parameters": active_parameters(model)}
         row["train_tokens_per_s"] = None if is_ensemble else throughput(model, batches, train=True)
         row["infer_tokens_per_s"] = throughput(model, batches, train=False)
-        row["expert_load"] = expert_load(model)
+        row["expert_load"] = None if is_ensemble else expert_load(model, batches)
         routed = not is_ensemble and model.cfg.routes_by_task
         row["scores"] = _evaluate(
             model, tokenizer, cards, runs[0][0].get("data") or {}, args,

@@ -37,16 +37,23 @@ def active_parameters(model: nn.Module) -> int:
     return total
 
 
-def expert_load(model: nn.Module) -> list[list[float]] | None:
-    """Per expert layer, the share of routed tokens (token MoE, from the last forward's first choices) or of tasks
-    (task MoE, from its gates) that each expert receives; None for a model without such layers. Even load is
+@torch.no_grad()
+def expert_load(model: nn.Module, batches: dict[str, dict[str, torch.Tensor]]) -> list[list[float]] | None:
+    """Per expert layer, the share of tokens (token MoE: first choices over every real token of ``batches``) or of
+    tasks (task MoE: its gates) that each expert receives; None for a model without such layers. Even load is
     1 / num_experts everywhere."""
-    loads = []
+    token_moe = [m for m in model.modules() if isinstance(m, MoEMlp)]
+    counts = [torch.zeros(m.num_experts) for m in token_moe]
+    if token_moe:
+        model.eval()
+        for name, batch in batches.items():
+            model(_routed(model, name, batch))
+            real = batch["padding_mask"].reshape(-1)  # (B * T,) padding is routed too; it is not counted
+            for count, module in zip(counts, token_moe, strict=True):
+                count += torch.bincount(module.last_expert_index[:, 0][real], minlength=module.num_experts).cpu()
+    loads = [(c / c.sum()).tolist() for c in counts]
     for module in model.modules():
-        if isinstance(module, MoEMlp) and module.last_expert_index is not None:
-            first = module.last_expert_index[:, 0]
-            loads.append((torch.bincount(first, minlength=module.num_experts) / first.numel()).tolist())
-        elif isinstance(module, TaskMoEMlp):
+        if isinstance(module, TaskMoEMlp):
             first = module.routing()[0][:, 0]
             loads.append((torch.bincount(first, minlength=module.num_experts) / first.numel()).tolist())
     return loads or None

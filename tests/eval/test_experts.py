@@ -12,6 +12,8 @@ from safetensors.torch import load_file
 from eval import control as eval_control
 from eval import experts
 from multimodal import load_checkpoint
+from multimodal.evaluation.experts import active_parameters, expert_load
+from tests.models.test_gato import sample_batch, tiny
 from tests.training.test_gato_task import recipe, tiny_control_card
 from training.config import TrainConfig
 from training.train import train
@@ -121,3 +123,18 @@ def test_compare_scores_and_measures_every_system(runs: dict[str, Path], tmp_pat
     sub = systems["task-moe"]["subnetworks"]["tiny-cartpole"]
     assert sub["parameters"] == dense_params and sub["infer_tokens_per_s"] > 0
     assert systems["dense"]["train_tokens_per_s"] > 0 and systems["dense"]["infer_tokens_per_s"] > 0
+
+
+def test_active_parameters_and_token_load_by_hand() -> None:
+    """A token-MoE GATO counts top_k of its experts; the load is the share of real tokens each expert takes."""
+    dense, moe = tiny(), tiny(mlp="moe", moe={"num_experts": 3, "capacity_factor": None}, moe_every=2)
+    expert = sum(p.numel() for p in moe.transformer.blocks[1].mlp.experts[0].parameters())
+    router = moe.transformer.blocks[1].mlp.router.weight.numel()
+    assert active_parameters(moe) == active_parameters(dense) + router
+    assert sum(p.numel() for p in moe.parameters()) == active_parameters(moe) + 2 * expert
+    batch = sample_batch()
+    load = expert_load(moe, {"mixed": batch})
+    moe(batch)
+    first = moe.transformer.blocks[1].mlp.last_expert_index[:, 0][batch["padding_mask"].reshape(-1)]
+    assert load == [(torch.bincount(first, minlength=3) / first.numel()).tolist()]
+    assert expert_load(dense, {"mixed": batch}) is None
