@@ -17,6 +17,11 @@ lookup).
 
 The loss is next-token cross-entropy over the whole vocabulary, kept only where the target token is text or an
 action (the tokenizer's loss mask). Logits are computed only at those positions: the vocabulary is 50k wide.
+
+For many tasks the MLPs can be experts (``mlp``): token-routed (``moe``), task-routed (``task_moe``, Kudugunta et
+al. 2021; a task's subnetwork comes out as a dense GATO with :meth:`Gato.extract_task`) or one per task (``demix``,
+Gururangan et al. 2022; mixed by :meth:`Gato.task_posterior` when the task is unknown, extended with
+:meth:`Gato.add_task`). Task-routed models read each sequence's task id from ``batch["task"]``.
 """
 
 from __future__ import annotations
