@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .gato import Gato
+from .gato import Gato, last_positions
 
 __all__ = ["GatoEnsemble", "average_branches"]
 
@@ -95,14 +95,11 @@ class GatoEnsemble(nn.Module):
     ) -> Tensor:
         """As :meth:`Gato.next_token`, from the posterior-weighted mixture of the branches' distributions over
         ``token_range``: (B,)."""
-        last = batch["padding_mask"].long().sum(1) - 1  # (B,)
-        if (last < 0).any():
-            raise ValueError("a sequence in the batch is empty")
+        last = last_positions(batch)
         hidden = [b(batch) for b in self.branches]  # one forward per branch gives its likelihood and its guess
         weights = self._posterior(batch, hidden)  # (B, branches)
-        rows = torch.arange(last.shape[0], device=last.device)
         mixed = sum(
-            weights[:, j : j + 1] * b.logits(h[rows, last], token_range).float().softmax(-1)
+            weights[:, j : j + 1] * b.logits(h[last], token_range).float().softmax(-1)
             for j, (b, h) in enumerate(zip(self.branches, hidden, strict=True))
         )  # (B, hi - lo)
         if temperature > 0:

@@ -362,16 +362,21 @@ class Gato(nn.Module):
 
         ``temperature`` 0 takes the most likely id; above 0 samples from the tempered distribution.
         """
-        hidden = self(batch)  # (B, T, dim)
-        last = batch["padding_mask"].long().sum(1) - 1  # (B,)
-        if (last < 0).any():
-            raise ValueError("a sequence in the batch is empty")
-        logits = self.logits(hidden[torch.arange(hidden.shape[0]), last], token_range).float()  # (B, hi - lo)
+        hidden = self(batch)[last_positions(batch)]  # (B, dim)
+        logits = self.logits(hidden, token_range).float()  # (B, hi - lo)
         if temperature > 0:
             choice = torch.multinomial((logits / temperature).softmax(-1), 1, generator=generator)[:, 0]
         else:
             choice = logits.argmax(-1)
         return choice + token_range[0]
+
+
+def last_positions(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """(rows, columns) indexing each sequence's last real token of a right-padded batch."""
+    last = batch["padding_mask"].long().sum(1) - 1  # (B,)
+    if (last < 0).any():
+        raise ValueError("a sequence in the batch is empty")
+    return torch.arange(last.shape[0], device=last.device), last
 
 
 def _gato(preset: GatoConfig, overrides: dict[str, Any]) -> Gato:
