@@ -11,6 +11,7 @@ from .moe import MoEMlp, make_expert, switch_load_balancing_loss
 from .norm import LayerNorm, RMSNorm, build_norm
 from .patch_embed import ConvStem, PatchEmbed
 from .positional import LearnedPositionalEmbedding, sincos_2d_embedding, sinusoidal_embedding
+from .spatial_transformer import LocalisationNet, SpatialTransformer
 from .task_moe import TaskMoEMlp, merge_experts
 from .transformer import Transformer
 
@@ -26,11 +27,13 @@ __all__ = [
     "LayerNorm",
     "LayerScale",
     "LearnedPositionalEmbedding",
+    "LocalisationNet",
     "Mlp",
     "MoEMlp",
     "PatchEmbed",
     "QuickGELU",
     "RMSNorm",
+    "SpatialTransformer",
     "SwiGLU",
     "TaskMoEMlp",
     "Transformer",
