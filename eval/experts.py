@@ -154,9 +154,10 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
             row["subnetworks"] = {}
             for name in cards:
                 dense = model.extract_task(name)
-                row["subnetworks"][name] = {
+                row["subnetworks"][name] = {  # the subnetwork and the full model on the same task's sequences
                     "parameters": sum(p.numel() for p in dense.parameters()),
                     "infer_tokens_per_s": throughput(dense, {name: batches[name]}, train=False),
+                    "full_infer_tokens_per_s": throughput(model, {name: batches[name]}, train=False),
                 }
         results[label] = row
         if not is_ensemble and model.cfg.mlp == "demix":
@@ -191,7 +192,7 @@ def _row(label: str, row: dict[str, Any]) -> str:
 
 def _table(results: dict[str, Any]) -> str:
     tasks = list(dict.fromkeys(t for row in results.values() for t in row["scores"]))
-    head = ["system", *tasks, "active params", "train tok/s", "infer tok/s", "max expert load", "subnetwork"]
+    head = ["system", *tasks, "active params", "train tok/s", "infer tok/s", "max expert load", "subnetwork (speed)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, row in results.items():
         cells = [label]
@@ -202,14 +203,19 @@ def _table(results: dict[str, Any]) -> str:
         loads = row.get("expert_load")  # the busiest expert's share over an even share, worst layer (1.00 = even)
         cells.append(f"{max(max(load) * len(load) for load in loads):.2f}" if loads else "")
         subnetworks = row.get("subnetworks")
+        speedup = [s["infer_tokens_per_s"] / s["full_infer_tokens_per_s"] for s in (subnetworks or {}).values()]
         cells.append(
-            f"{min(s['parameters'] for s in subnetworks.values()) / 1e6:.2f}M, "
-            f"{min(s['infer_tokens_per_s'] for s in subnetworks.values()):,.0f} tok/s"
+            f"{min(s['parameters'] for s in subnetworks.values()) / 1e6:.2f}M, {min(speedup):.2f}-{max(speedup):.2f}x"
             if subnetworks
             else ""
         )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> Any:
+    """The chosen subcommand."""
+    return args.action(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(action=compare)
     for sub in commands.choices.values():
         add_threads_argument(sub)
-    return run_cli(lambda args: args.action(args), parser, argv)
+    return run_cli(run, parser, argv)
 
 
 if __name__ == "__main__":

@@ -121,7 +121,7 @@ def test_compare_scores_and_measures_every_system(runs: dict[str, Path], tmp_pat
         sum(load) == 1 for load in systems["task-moe"]["expert_load"]
     )
     sub = systems["task-moe"]["subnetworks"]["tiny-cartpole"]
-    assert sub["parameters"] == dense_params and sub["infer_tokens_per_s"] > 0
+    assert sub["parameters"] == dense_params and sub["infer_tokens_per_s"] > 0 and sub["full_infer_tokens_per_s"] > 0
     assert systems["dense"]["train_tokens_per_s"] > 0 and systems["dense"]["infer_tokens_per_s"] > 0
 
 
