@@ -118,7 +118,7 @@ def task_route(model: nn.Module, name: str, how: str) -> int | str | None:
         if model.cfg.mlp != "demix":
             raise ConfigError(f"--task posterior mixes DEMix experts; this run's model.args.mlp is {model.cfg.mlp!r}")
         return "posterior"
-    return model.task_index(name) if model.cfg.routes_by_task else None
+    return model.task_id(name)
 
 
 def load_run_model(args: argparse.Namespace) -> tuple[nn.Module, Accelerator]:

@@ -148,7 +148,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         routed = not is_ensemble and model.cfg.routes_by_task
         row["scores"] = _evaluate(
             model, tokenizer, cards, runs[0][0].get("data") or {}, args,
-            lambda name, m=model, r=routed: m.task_index(name) if r else None,
+            (lambda name: None) if is_ensemble else model.task_id,
         )  # fmt: skip
         if routed:
             row["subnetworks"] = {}

@@ -125,6 +125,4 @@ def throughput(
 
 
 def _routed(model: nn.Module, name: str, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
-    if isinstance(model, Gato) and model.cfg.routes_by_task:
-        return route(model, batch, model.task_index(name))
-    return batch
+    return route(model, batch, model.task_id(name)) if isinstance(model, Gato) else batch

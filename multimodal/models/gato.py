@@ -220,6 +220,11 @@ class Gato(nn.Module):
         """The experts' load-balancing loss of the last forward (zero for dense MLPs and DEMix)."""
         return self.transformer.aux_loss
 
+    def task_id(self, name: str) -> int | None:
+        """What routes this model's experts on dataset ``name``: its id in ``cfg.tasks`` when the experts route by
+        task, None otherwise."""
+        return self.task_index(name) if self.cfg.routes_by_task else None
+
     def task_index(self, name: str) -> int:
         """The id of task ``name`` in ``cfg.tasks``."""
         if name not in self.cfg.tasks:

@@ -182,11 +182,7 @@ class Block(nn.Module):
         h = self.norm2(x)
         if isinstance(self.mlp, MoEMlp):
             h = self.mlp(h, token_ids=token_ids)
-        elif isinstance(self.mlp, TaskMoEMlp):
-            if task_weights is not None:
-                raise ValueError("task MoE routes by task_ids; task_weights (a mixture over tasks) are for DEMix")
-            h = self.mlp(h, task_ids=task_ids)
-        elif isinstance(self.mlp, DEMixMlp):
+        elif isinstance(self.mlp, (TaskMoEMlp, DEMixMlp)):
             h = self.mlp(h, task_ids=task_ids, task_weights=task_weights)
         else:
             h = self.mlp(h)

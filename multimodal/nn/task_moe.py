@@ -106,10 +106,13 @@ class TaskMoEMlp(nn.Module):
         probs = self.gate_logits.float().softmax(-1)
         return switch_load_balancing_loss(probs, probs.argmax(-1), self.num_experts)
 
-    def forward(self, x: Tensor, *, task_ids: Tensor | None = None) -> Tensor:
-        """x (B, ..., C), task_ids (B,) -> (B, ..., C)."""
+    def forward(self, x: Tensor, *, task_ids: Tensor | None = None, task_weights: Tensor | None = None) -> Tensor:
+        """x (B, ..., C), task_ids (B,) -> (B, ..., C). ``task_weights`` (DEMix's mixture over tasks) is refused:
+        the gates choose the experts."""
         if x.ndim < 2 or x.shape[-1] != self.dim:
             raise ValueError(f"expected x of shape (B, ..., {self.dim}), got {tuple(x.shape)}")
+        if task_weights is not None:
+            raise ValueError("task MoE routes by task_ids; task_weights (a mixture over tasks) are for DEMix")
         task_ids = check_task_ids(task_ids, x.shape[0], self.num_tasks)
         index, weights = self.routing()
         index, weights = index[task_ids], weights[task_ids]  # 2 x (B, k)

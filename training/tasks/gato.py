@@ -142,8 +142,7 @@ class GatoTask(Task):
 
     def task_route(self, model: nn.Module, name: str) -> int | None:
         """Dataset ``name``'s task id for the model's task-routed experts; None for other models."""
-        cfg = self.unwrap(model).cfg
-        return cfg.tasks.index(name) if cfg.routes_by_task else None
+        return self.unwrap(model).task_id(name)
 
     def caption_texts(self, split: str) -> list[str]:
         """Every caption (the text and the alternative captions of each sample) of the mixture's captioned
