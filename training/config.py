@@ -117,6 +117,9 @@ class DataConfig(Config):
     shuffle_buffer: int = 2000
     resampled: bool = False
     augment: Literal["none", "flip", "crop_flip"] = "none"
+    # rts: every image rotated, scaled and translated on a larger canvas (Jaderberg et al.'s RTS data), drawn anew
+    # each epoch in training and the same for each evaluation sample every time
+    distort: Literal["none", "rts"] = "none"
     # CLIP captions. fixed: the card's text_key member; random: one of the card's captions_key list, per epoch.
     caption_sampling: Literal["fixed", "random"] = "fixed"
     mean: tuple[float, float, float] = IMAGENET_MEAN

@@ -23,6 +23,7 @@ __all__ = [
     "SampleDecoder",
     "check_images",
     "collate",
+    "distort_rts",
     "normalize_image",
     "resize_center_crop",
     "to_rgb",
@@ -33,6 +34,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")
+# The RTS distortion of Jaderberg et al. 2015 (their 28 px MNIST digits on a 42 px canvas): rotated by up to 45
+# degrees either way, scaled by 0.7 to 1.2, placed anywhere on a canvas 1.5 times the image's side.
+RTS_MAX_DEGREES = 45.0
+RTS_SCALE = (0.7, 1.2)
+RTS_CANVAS = 1.5
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -75,11 +81,16 @@ class SampleDecoder:
     augment: Literal["none", "flip", "crop_flip"] = "none"
     seed: int = 0
     image_key: str | None = None  # the image member ("jpg"), or alternatives "jpg;png"; None: the first of IMAGE_KEYS
+    # rts: :func:`distort_rts` instead of the crop; drawn anew each epoch, or with ``fixed_distortion`` the same for
+    # a sample every time (a test set: seeded by its key alone, whatever ``seed``)
+    distort: Literal["none", "rts"] = "none"
+    fixed_distortion: bool = False
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {"key": sample.get("__key__", "")}
         draw = f"{self.seed}-{sample.get('__epoch__', 0)}-{out['key']}"  # what seeds this sample's random choices
-        out["image"] = self._image(sample, random.Random(draw) if self.augment != "none" else None)
+        distortion = f"rts-{out['key']}" if self.fixed_distortion else f"{draw}-rts"  # what seeds the distortion
+        out["image"] = self._image(sample, random.Random(draw) if self.augment != "none" else None, distortion)
         if self.label_key is not None:
             out["label"] = self._label(sample)
         if self.captions_key is not None:
@@ -88,7 +99,7 @@ class SampleDecoder:
             out["text"] = self._text(sample)
         return out
 
-    def _image(self, sample: dict[str, Any], rng: random.Random | None) -> torch.Tensor:
+    def _image(self, sample: dict[str, Any], rng: random.Random | None, distortion: str) -> torch.Tensor:
         if "__path__" in sample:
             try:
                 with open(sample["__path__"], "rb") as f:
@@ -110,12 +121,14 @@ class SampleDecoder:
             raise DecodeError("image too large", str(e)) from None
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
             raise DecodeError("corrupt image", str(e)) from None
-        return normalize_image(self._geometry(img, rng), self.mean, self.std)
+        return normalize_image(self._geometry(img, rng, distortion), self.mean, self.std)
 
-    def _geometry(self, img: Image.Image, rng: random.Random | None) -> Image.Image:
+    def _geometry(self, img: Image.Image, rng: random.Random | None, distortion: str) -> Image.Image:
         size = self.image_size
         w, h = img.size
-        if self.augment == "crop_flip" and rng is not None:  # random-resized crop, scale (0.35, 1), ratio 3/4..4/3
+        if self.distort == "rts":
+            img = distort_rts(img, size, random.Random(distortion))
+        elif self.augment == "crop_flip" and rng is not None:  # random-resized crop, scale (0.35, 1), ratio 3/4..4/3
             for _ in range(10):
                 area = w * h * rng.uniform(0.35, 1.0)
                 ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
@@ -179,6 +192,25 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     if "text" in samples[0]:
         batch["text"] = [s["text"] for s in samples]
     return batch
+
+
+def distort_rts(img: Image.Image, size: int, rng: random.Random) -> Image.Image:
+    """The image (centre square) rotated, scaled and translated on a ``size`` x ``size`` canvas, as Jaderberg et al.'s
+    RTS data: its side ``size / RTS_CANVAS`` times a scale drawn from ``RTS_SCALE``, turned by up to
+    ``RTS_MAX_DEGREES`` either way, pasted anywhere it fits (or, turned past the canvas, anywhere it covers it); the
+    canvas is the mean colour of the image's border, so the background continues."""
+    rgb = np.asarray(img.convert("RGB"), dtype=np.float64)
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    fill = tuple(int(round(v)) for v in border.mean(axis=0))
+    side = max(2, round(size / RTS_CANVAS * rng.uniform(*RTS_SCALE)))
+    content = resize_center_crop(img.convert("RGB"), side).convert("RGBA")
+    content = content.rotate(rng.uniform(-RTS_MAX_DEGREES, RTS_MAX_DEGREES), Image.BILINEAR, expand=True)
+    w, h = content.size
+    x = rng.randint(min(0, size - w), max(0, size - w))
+    y = rng.randint(min(0, size - h), max(0, size - h))
+    canvas = Image.new("RGB", (size, size), fill)
+    canvas.paste(content, (x, y), content)  # the alpha of the turned corners keeps the canvas there
+    return canvas
 
 
 def resize_center_crop(img: Image.Image, size: int) -> Image.Image:

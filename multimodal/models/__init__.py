@@ -7,6 +7,7 @@ from .gato import Gato, GatoConfig
 from .lm import TransformerLM, TransformerLMConfig
 from .prior import DiffusionPrior, PriorTransformer
 from .registry import create_model, list_models, register_model
+from .stn import SpatialTransformerNet
 from .vit import AttentionPool, VisionTransformer, VitConfig
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "GatoConfig",
     "PriorTransformer",
     "ResNetConfig",
+    "SpatialTransformerNet",
     "TextTransformer",
     "TransformerLM",
     "TransformerLMConfig",

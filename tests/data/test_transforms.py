@@ -89,3 +89,50 @@ def test_collate_stacks_images_and_labels_keeps_text_lists():
     assert batch["label"].tolist() == [3, 3, 3]
     assert batch["text"] == ["fixed caption"] * 3
     assert batch["key"] == ["k0", "k1", "k2"]
+
+
+def _square_png(size: int = 32) -> bytes:
+    """A white square filling the middle half of a black image."""
+    img = Image.new("RGB", (size, size), (0, 0, 0))
+    img.paste((255, 255, 255), (size // 4, size // 4, 3 * size // 4, 3 * size // 4))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _ink_box(image: torch.Tensor) -> tuple[int, int]:
+    """Height and width of the bounding box of the bright pixels of a decoded image (mean 0.5, std 0.5)."""
+    rows, cols = torch.nonzero(image.mean(0) > 0.0, as_tuple=True)
+    return int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+
+
+def test_rts_distortion_rotates_scales_and_moves_the_image_on_the_canvas_of_the_same_border_colour():
+    dec = SampleDecoder(image_size=32, distort="rts", mean=(0.5,) * 3, std=(0.5,) * 3, seed=0)
+    plain = SampleDecoder(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)({"__key__": "k", "png": _square_png()})[
+        "image"
+    ]
+    assert _ink_box(plain) == (16, 16)
+    boxes, centres, corners = [], [], []
+    for i in range(200):
+        image = dec({"__key__": f"k{i}", "png": _square_png()})["image"]
+        assert image.shape == (3, 32, 32)
+        boxes.append(max(_ink_box(image)))
+        rows, cols = torch.nonzero(image.mean(0) > 0.0, as_tuple=True)
+        centres.append((rows.float().mean().item(), cols.float().mean().item()))
+        corners.append(image[:, 0, 0])
+    # the square's side 16 px becomes 32 / 1.5 * (0.7..1.2) / 2 = 7.5..12.8 px, up to sqrt(2) wider when turned
+    assert 7 <= min(boxes) and max(boxes) <= 19 and max(boxes) - min(boxes) >= 6
+    rows, cols = zip(*centres, strict=True)
+    assert np.ptp(rows) >= 8 and np.ptp(cols) >= 8  # placed anywhere the image (2/3 of the canvas) fits
+    torch.testing.assert_close(torch.stack(corners), torch.full((200, 3), -1.0))  # the black border continues
+
+
+def test_rts_distortion_is_redrawn_each_epoch_in_training_and_fixed_by_the_key_for_a_test_set():
+    sample = lambda epoch: {"__key__": "k", "__epoch__": epoch, "png": _square_png()}  # noqa: E731
+    train = SampleDecoder(image_size=32, distort="rts", seed=1)
+    epochs = [train(sample(e))["image"] for e in range(3)]
+    assert not torch.equal(epochs[0], epochs[1]) and torch.equal(epochs[0], train(sample(0))["image"])
+    tests = [SampleDecoder(image_size=32, distort="rts", fixed_distortion=True, seed=s) for s in (1, 2)]
+    fixed = [dec(sample(e))["image"] for dec in tests for e in range(3)]
+    assert all(torch.equal(fixed[0], f) for f in fixed)  # every epoch, whatever the run's seed
+    assert not torch.equal(fixed[0], tests[0]({"__key__": "other", "png": _square_png()})["image"])

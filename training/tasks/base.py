@@ -171,8 +171,8 @@ class Task(ABC):
         normalise: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
     ) -> SampleDecoder:
         """The sample decoder of ``card``: images at ``data.image_size`` normalised with ``data.mean``/``data.std``
-        (or ``normalise``); in training ``data.augment`` and, with ``text``, the caption (one of the alternatives
-        under ``data.caption_sampling=random``); the ``label`` key if given."""
+        (or ``normalise``) and distorted as ``data.distort`` says; in training ``data.augment`` and, with ``text``,
+        the caption (one of the alternatives under ``data.caption_sampling=random``); the ``label`` key if given."""
         d = self.cfg.data
         mean, std = normalise or (d.mean, d.std)
         captions = text and train and d.caption_sampling == "random"
@@ -186,6 +186,8 @@ class Task(ABC):
             std=std,
             augment=d.augment if train else "none",
             seed=self.cfg.run.seed,
+            distort=d.distort,
+            fixed_distortion=not train,
         )
 
     def train_loader(
