@@ -30,6 +30,7 @@ DEFAULTS = {
     },
     "eval.generation_curve": {"--n": "4", "--steps": "25", "--seed": "0", "--device": DEVICE},
     "bench.compare_vision": {"--models": "resnet18,aa_resnet18,vit", "--seeds": "0,1,2"},
+    "bench.clip_batch": {"--samples": "153600", "--chunk": "256", "--parallel": "2"},
 }
 
 
