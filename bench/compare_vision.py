@@ -55,12 +55,20 @@ def recipe(model: str, dataset: str) -> Path:
 
 
 def train_run(
-    model: str, dataset: str, seed: int, steps: int | None, out_dir: Path, retrain: bool, distort: str | None = None
+    model: str,
+    dataset: str,
+    seed: int,
+    steps: int | None,
+    out_dir: Path,
+    retrain: bool,
+    distort: str | None = None,
+    threads: int = 0,
 ) -> Path:
     """Train (or reuse, or resume) one (model, seed) run; returns its run directory."""
     name = f"{model}-{dataset}{'-' + distort if distort else ''}-s{seed}"
     run_dir = out_dir / name
     overrides = [f"run.name={name}", f"run.out_dir={run_dir}", f"run.seed={seed}", "train.progress=false"]
+    overrides.append(f"train.threads={threads}")
     if steps is not None:
         overrides.append(f"train.steps={steps}")
     if distort is not None:
@@ -185,6 +193,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--distort", choices=["none", "rts"], help="data.distort of every run (default: each recipe's)"
     )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="train.threads of every run (0: auto; float sums depend on it)"
+    )
     parser.add_argument("--out-dir", type=Path, help="where the runs go (default: runs/compare-<dataset>[-rts])")
     parser.add_argument("--retrain", action="store_true", help="train every run afresh")
     args = parser.parse_args(argv)
@@ -205,7 +216,9 @@ def main(argv: list[str] | None = None) -> None:
     figures: dict[str, list[dict[str, Any]]] = {}
     for seed in seeds:  # seed-major: an interrupted sweep has every model at the seeds it reached
         for model in models:
-            run_dir = train_run(model, args.dataset, seed, args.steps, out_dir, args.retrain, args.distort)
+            run_dir = train_run(
+                model, args.dataset, seed, args.steps, out_dir, args.retrain, args.distort, args.threads
+            )
             figures.setdefault(model, []).append({"seed": seed, **run_figures(run_dir)})
             if model.startswith("stn_") and seed == seeds[0]:
                 print(f"wrote {st_grid(run_dir, out_dir / f'{run_dir.name}-st.png')}")

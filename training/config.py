@@ -136,6 +136,9 @@ class OptimConfig(Config):
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
     grad_clip: float | None = 1.0
+    # learning-rate multipliers by parameter-name prefix, e.g. {"st.": 0.1}: a spatial transformer's localisation net
+    # learning ten times slower than the model behind it; the longest matching prefix wins
+    lr_mult: dict[str, float] | None = None
     accum: int = 1
     fused: bool = True  # PyTorch's fused AdamW kernel (CPU, CUDA); false: its per-tensor loop
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import multimodal
+from multimodal.config import ConfigError
 from training.config import OptimConfig
 from training.optim import build_optimizer, build_scheduler, lr_factor, param_groups
 
@@ -71,3 +72,25 @@ def test_fused_adamw_by_default_and_same_update_as_the_loop():
             opt.zero_grad()
     for a, b in zip(model.parameters(), loop_model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_lr_mult_gives_a_prefix_its_own_learning_rate_through_the_schedule():
+    model = multimodal.create_model("stn", model="vit_nano_patch4_32", depth=1, dim=32, heads=2, num_classes=3)
+    cfg = OptimConfig(lr=1e-3, warmup_steps=2, lr_mult={"st.": 0.1, "st.localisation.regressor.2.": 0.5})
+    opt = build_optimizer(model, cfg)
+    names = {id(p): n for n, p in model.named_parameters()}
+    lr_of = {names[id(p)]: g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lr_of["st.localisation.features.0.weight"] == pytest.approx(1e-4)
+    assert lr_of["st.localisation.regressor.2.bias"] == pytest.approx(5e-4)  # the longest prefix wins
+    assert lr_of["backbone.head.weight"] == pytest.approx(1e-3) and len(lr_of) == len(names)
+    decays = {names[id(p)]: g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert (
+        decays["st.localisation.features.0.weight"] == cfg.weight_decay
+        and decays["st.localisation.features.0.bias"] == 0
+    )
+    sched = build_scheduler(opt, cfg, total_steps=10)
+    opt.step()  # no gradients: nothing moves
+    sched.step()
+    assert {round(g["lr"] / g["initial_lr"], 9) for g in opt.param_groups} == {1.0}  # warm-up done, every group alike
+    with pytest.raises(ConfigError, match=r"optim.lr_mult: no parameter name starts with \['stn.'\]"):
+        build_optimizer(model, OptimConfig(lr_mult={"stn.": 0.1}))
