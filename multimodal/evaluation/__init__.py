@@ -3,6 +3,7 @@ CLIs load runs and print the tables)."""
 
 from .captioning import evaluate_captioning
 from .classification import eval_stream, evaluate_classifier
+from .composition import diagnose_composition
 from .control import evaluate_control
 from .generation import InceptionFeatures, Judge, evaluate_generation, frechet_distance, prompt_set
 from .metrics import classification_metrics, gather_rows
@@ -14,6 +15,7 @@ __all__ = [
     "Judge",
     "card_prompts",
     "classification_metrics",
+    "diagnose_composition",
     "eval_stream",
     "evaluate_captioning",
     "evaluate_classifier",

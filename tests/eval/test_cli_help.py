@@ -28,6 +28,7 @@ DEFAULTS = {
         "--dataset": "shapes",
         "--device": DEVICE,
     },
+    "eval.composition": {"--n": "8", "--steps": "25", "--sampler": "dpmsolver++", "--seed": "0", "--device": DEVICE},
     "eval.generation_curve": {"--n": "4", "--steps": "25", "--seed": "0", "--device": DEVICE},
     "bench.compare_vision": {"--models": "resnet18,aa_resnet18,vit", "--seeds": "0,1,2"},
     "bench.clip_batch": {"--samples": "153600", "--chunk": "256", "--parallel": "2"},
