@@ -198,10 +198,11 @@ def distort_rts(img: Image.Image, size: int, rng: random.Random) -> Image.Image:
     """The image (centre square) rotated, scaled and translated on a ``size`` x ``size`` canvas, as Jaderberg et al.'s
     RTS data: its side ``size / RTS_CANVAS`` times a scale drawn from ``RTS_SCALE``, turned by up to
     ``RTS_MAX_DEGREES`` either way, pasted anywhere it fits (or, turned past the canvas, anywhere it covers it); the
-    canvas is the mean colour of the image's border, so the background continues."""
-    rgb = np.asarray(img.convert("RGB"), dtype=np.float64)
+    canvas is the median colour of the image's border, so the background continues (ink touching the border
+    does not tint it)."""
+    rgb = np.asarray(img.convert("RGB"))
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
-    fill = tuple(int(round(v)) for v in border.mean(axis=0))
+    fill = tuple(int(v) for v in np.median(border, axis=0).round())
     side = max(2, round(size / RTS_CANVAS * rng.uniform(*RTS_SCALE)))
     content = resize_center_crop(img.convert("RGB"), side).convert("RGBA")
     content = content.rotate(rng.uniform(-RTS_MAX_DEGREES, RTS_MAX_DEGREES), Image.BILINEAR, expand=True)
