@@ -121,7 +121,7 @@ def test_rts_distortion_rotates_scales_and_moves_the_image_on_the_canvas_of_the_
         centres.append((rows.float().mean().item(), cols.float().mean().item()))
         corners.append(image[:, 0, 0])
     # the square's side 16 px becomes 32 / 1.5 * (0.7..1.2) / 2 = 7.5..12.8 px, up to sqrt(2) wider when turned
-    assert 7 <= min(boxes) and max(boxes) <= 19 and max(boxes) - min(boxes) >= 6
+    assert min(boxes) >= 7 and max(boxes) <= 19 and max(boxes) - min(boxes) >= 6
     rows, cols = zip(*centres, strict=True)
     assert np.ptp(rows) >= 8 and np.ptp(cols) >= 8  # placed anywhere the image (2/3 of the canvas) fits
     torch.testing.assert_close(torch.stack(corners), torch.full((200, 3), -1.0))  # the black border continues
@@ -136,3 +136,15 @@ def test_rts_distortion_is_redrawn_each_epoch_in_training_and_fixed_by_the_key_f
     fixed = [dec(sample(e))["image"] for dec in tests for e in range(3)]
     assert all(torch.equal(fixed[0], f) for f in fixed)  # every epoch, whatever the run's seed
     assert not torch.equal(fixed[0], tests[0]({"__key__": "other", "png": _square_png()})["image"])
+
+
+def test_rts_canvas_takes_the_border_median_so_ink_on_the_border_does_not_tint_it():
+    img = Image.new("RGB", (16, 16), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 3, 16))  # a stroke along the left edge: 3/4 of the border stays black
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    dec = SampleDecoder(image_size=32, distort="rts", mean=(0.5,) * 3, std=(0.5,) * 3)
+    corners = [
+        dec({"__key__": f"k{i}", "png": buf.getvalue()})["image"][:, [0, 0, -1, -1], [0, -1, 0, -1]] for i in range(20)
+    ]
+    assert sum(bool((c == -1).all()) for c in corners) >= 15  # black canvas (a corner may hold the turned stroke)
