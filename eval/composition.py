@@ -24,7 +24,7 @@ from multimodal.evaluation import diagnose_composition
 from multimodal.generate import load_pipeline
 
 from .common import AUTO_DEVICE, AUTO_DEVICE_HELP, add_common_options, cli_parser, run_cli, write_result
-from .generation import load_judge
+from .generation import add_judging_options, load_judge
 
 __all__ = ["format_table", "main"]
 
@@ -66,15 +66,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = cli_parser("python -m eval.composition", __doc__, "saved pipeline folder or unCLIP run root")
-    parser.add_argument("--judge", required=True, help="run directory of a shapes color_shape classifier")
-    parser.add_argument("--n", type=int, default=8, help="real images (and prior samples) per colour-shape pair")
-    parser.add_argument("--steps", type=int, default=25, help="denoising steps of each stage")
-    parser.add_argument(
-        "--sampler", choices=("dpmsolver++", "ddim", "ddpm"), default="dpmsolver++", help="diffusion sampler"
-    )
-    parser.add_argument("--prior-guidance", type=float, default=4.0, help="classifier-free guidance of the prior")
-    parser.add_argument("--decoder-guidance", type=float, default=3.0, help="classifier-free guidance of the decoder")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the samples")
+    add_judging_options(parser, n=8, n_help="real images (and prior samples) per colour-shape pair", guidance=True)
     parser.add_argument("--dataset", default="shapes", help="a shapes card (its test and heldout splits)")
     parser.add_argument("--no-upsample", action="store_true", help="judge the decoder's images without upsampling")
     add_common_options(

@@ -34,7 +34,7 @@ from multimodal.runs import read_run_config
 
 from .common import AUTO_DEVICE, AUTO_DEVICE_HELP, add_common_options, cli_parser, result_path, run_cli, write_result
 
-__all__ = ["format_table", "load_judge", "main"]
+__all__ = ["add_judging_options", "format_table", "load_judge", "main"]
 
 
 def load_judge(run: str | Path, *, device: torch.device | str = "cpu") -> Judge:
@@ -48,6 +48,23 @@ def load_judge(run: str | Path, *, device: torch.device | str = "cpu") -> Judge:
         )
     model = load_checkpoint(run, device=device)
     return Judge(model, image_size=int(data.get("image_size", 32)), mean=data["mean"], std=data["std"], device=device)
+
+
+def add_judging_options(parser: argparse.ArgumentParser, *, n: int, n_help: str, guidance: bool) -> None:
+    """The options of the CLIs that sample an unCLIP stack and judge its images: --judge, --n, --steps, --seed, and
+    with ``guidance`` --sampler, --prior-guidance and --decoder-guidance."""
+    parser.add_argument("--judge", required=True, help="run directory of a shapes color_shape classifier")
+    parser.add_argument("--n", type=int, default=n, help=n_help)
+    parser.add_argument("--steps", type=int, default=25, help="denoising steps of each stage")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the samples")
+    if guidance:
+        parser.add_argument(
+            "--sampler", choices=("dpmsolver++", "ddim", "ddpm"), default="dpmsolver++", help="diffusion sampler"
+        )
+        parser.add_argument("--prior-guidance", type=float, default=4.0, help="classifier-free guidance of the prior")
+        parser.add_argument(
+            "--decoder-guidance", type=float, default=3.0, help="classifier-free guidance of the decoder"
+        )
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -93,15 +110,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = cli_parser("python -m eval.generation", __doc__, "saved pipeline folder or unCLIP run root")
     parser.add_argument("--decoder", help="another decoder run or checkpoint folder (with an unCLIP run root)")
-    parser.add_argument("--judge", required=True, help="run directory of a shapes color_shape classifier")
-    parser.add_argument("--n", type=int, default=8, help="images per prompt")
-    parser.add_argument("--steps", type=int, default=25, help="denoising steps of each stage")
-    parser.add_argument(
-        "--sampler", choices=("dpmsolver++", "ddim", "ddpm"), default="dpmsolver++", help="diffusion sampler"
-    )
-    parser.add_argument("--prior-guidance", type=float, default=4.0, help="classifier-free guidance of the prior")
-    parser.add_argument("--decoder-guidance", type=float, default=3.0, help="classifier-free guidance of the decoder")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the samples")
+    add_judging_options(parser, n=8, n_help="images per prompt", guidance=True)
     parser.add_argument("--dataset", default="shapes", help="a shapes card (prompts from its colour-shape classes)")
     parser.add_argument("--no-ablation", action="store_true", help="skip the text-embedding-to-decoder ablation")
     parser.add_argument("--inception", help="a local torchvision inception_v3 state dict: adds Inception FID")

@@ -22,7 +22,7 @@ from multimodal.generate import load_pipeline
 from multimodal.runs import read_run_config
 
 from .common import AUTO_DEVICE, AUTO_DEVICE_HELP, add_common_options, cli_parser, run_cli, write_result
-from .generation import load_judge
+from .generation import add_judging_options, load_judge
 from .plot import PALETTE, Series, line_plot
 
 __all__ = ["main", "plot_curve"]
@@ -84,10 +84,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = cli_parser("python -m eval.generation_curve", __doc__, "unCLIP run root (prior/, decoder/, upsampler/)")
-    parser.add_argument("--judge", required=True, help="run directory of a shapes color_shape classifier")
-    parser.add_argument("--n", type=int, default=4, help="images per prompt")
-    parser.add_argument("--steps", type=int, default=25, help="denoising steps of each stage")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the samples")
+    add_judging_options(parser, n=4, n_help="images per prompt", guidance=False)
     add_common_options(parser, device=AUTO_DEVICE_HELP, device_default=AUTO_DEVICE)
     return run_cli(run, parser, argv)
 
