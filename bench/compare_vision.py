@@ -2,15 +2,16 @@
 tabulate, with paired differences.
 
     python bench/compare_vision.py --dataset shapes [--models resnet18,aa_resnet18,vit] [--seeds 0,1,2 | 0-9]
-                                   [--steps N] [--distort rts] [--out-dir runs/compare-shapes] [--retrain]
+                                   [--steps N] [--distort rts] [--threads 1 --parallel 2]
+                                   [--out-dir runs/compare-shapes] [--retrain]
 
 Each (model, seed) trains ``configs/vision/<model>-<dataset>.yaml`` with ``run.seed`` and ``train.steps`` overridden
 (and ``data.distort`` with ``--distort``: RTS-distorted images, drawn anew each epoch in training, the same test set
-for every run), in its own ``python -m training.train`` process, under ``--out-dir``. A run that already finished
-with the same steps is reused and an interrupted one resumes from its last checkpoint (``--retrain`` starts all
-afresh), so the sweep can be stopped and restarted. The table gives parameters, the final test top-1 (mean, sample
-standard deviation and each seed), and training throughput (median of the logged samples/s); it is printed as
-Markdown and written with the per-run figures to ``<out-dir>/compare.json``.
+for every run), in its own ``python -m training.train`` process (``--parallel`` at a time), under ``--out-dir``. A
+run that already finished with the same steps is reused and an interrupted one resumes from its last checkpoint
+(``--retrain`` starts all afresh), so the sweep can be stopped and restarted. The table gives parameters, the final
+test top-1 (mean, sample standard deviation and each seed), and training throughput (median of the logged
+samples/s); it is printed as Markdown and written with the per-run figures to ``<out-dir>/compare.json``.
 
 It answers two of the seed notes' claims, each model against its twin trained with the same seeds (so the same data
 order): ``aa_X`` against ``X`` (Bello et al. 2019: attention augmentation improves its ResNet, ResNet-50 76.4 -> 77.7
@@ -28,6 +29,7 @@ import math
 import statistics
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="train.threads of every run (0: auto; float sums depend on it)"
     )
+    parser.add_argument("--parallel", type=int, default=1, help="runs at a time (with --threads 1: one a core)")
     parser.add_argument("--out-dir", type=Path, help="where the runs go (default: runs/compare-<dataset>[-rts])")
     parser.add_argument("--retrain", action="store_true", help="train every run afresh")
     args = parser.parse_args(argv)
@@ -209,19 +212,23 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--models and --seeds must name at least one each")
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be >= 1")
+    if args.parallel < 1:
+        parser.error("--parallel must be >= 1")
     for model in models:
         recipe(model, args.dataset)  # fail before training anything
     suffix = f"-{args.distort}" if args.distort else ""
     out_dir = (args.out_dir or Path("runs") / f"compare-{args.dataset}{suffix}").resolve()
+    jobs = [(model, seed) for seed in seeds for model in models]  # seed-major: a stopped sweep has whole seeds
+    train = lambda job: train_run(  # noqa: E731
+        job[0], args.dataset, job[1], args.steps, out_dir, args.retrain, args.distort, args.threads
+    )
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:  # each thread waits on its training process
+        run_dirs = dict(zip(jobs, pool.map(train, jobs), strict=True))
     figures: dict[str, list[dict[str, Any]]] = {}
-    for seed in seeds:  # seed-major: an interrupted sweep has every model at the seeds it reached
-        for model in models:
-            run_dir = train_run(
-                model, args.dataset, seed, args.steps, out_dir, args.retrain, args.distort, args.threads
-            )
-            figures.setdefault(model, []).append({"seed": seed, **run_figures(run_dir)})
-            if model.startswith("stn_") and seed == seeds[0]:
-                print(f"wrote {st_grid(run_dir, out_dir / f'{run_dir.name}-st.png')}")
+    for (model, seed), run_dir in run_dirs.items():
+        figures.setdefault(model, []).append({"seed": seed, **run_figures(run_dir)})
+        if model.startswith("stn_") and seed == seeds[0]:
+            print(f"wrote {st_grid(run_dir, out_dir / f'{run_dir.name}-st.png')}")
     table = summarize(figures, seeds)
     print(f"\n{args.dataset}{suffix}, {args.steps or 'recipe'} steps, seeds {seeds}\n\n{table}")
     out = out_dir / "compare.json"
