@@ -26,7 +26,7 @@ from torch import Tensor
 from ..data import SampleDecoder, load_card
 from ..data.cards import ensure_dataset
 from .classification import eval_stream
-from .generation import PROMPT_TEMPLATE, Judge, prompt_set
+from .generation import PROMPT_TEMPLATE, Judge, pair_accuracies, prompt_set
 
 __all__ = ["COMPOSES", "class_images", "diagnose_composition", "verdict"]
 
@@ -57,12 +57,7 @@ def class_images(dataset: str, split: str, classes: list[int], per_class: int, s
 
 
 def _accuracies(pred: Tensor, label: Tensor) -> dict[str, float]:
-    return {
-        "accuracy": (pred == label).float().mean().item(),
-        "color_accuracy": (pred // 6 == label // 6).float().mean().item(),
-        "shape_accuracy": (pred % 6 == label % 6).float().mean().item(),
-        "n": len(label),
-    }
+    return {**pair_accuracies(pred, label), "n": len(label)}
 
 
 @torch.no_grad()

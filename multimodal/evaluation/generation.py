@@ -229,14 +229,23 @@ def _generate_and_judge(
         labels.append(torch.tensor([c for _, c in chunk]).repeat_interleave(n))
         clip_scores.append((pipe.clip.encode_images(out) * text).sum(-1).cpu())
     label, pred = torch.cat(labels), torch.cat(preds)
+    right = pair_accuracies(pred, label)
     metrics = {
-        "prompt_accuracy": (pred == label).float().mean().item(),
-        "color_accuracy": (pred // 6 == label // 6).float().mean().item(),
-        "shape_accuracy": (pred % 6 == label % 6).float().mean().item(),
+        "prompt_accuracy": right.pop("accuracy"),
+        **right,
         "clip_score": torch.cat(clip_scores).mean().item(),
         "n": len(label),
     }
     return metrics, (torch.cat(feats), torch.cat(images))
+
+
+def pair_accuracies(pred: Tensor, label: Tensor) -> dict[str, float]:
+    """Shares of colour-shape predictions (class = colour * 6 + shape) right on both, on the colour, on the shape."""
+    return {
+        "accuracy": (pred == label).float().mean().item(),
+        "color_accuracy": (pred // 6 == label // 6).float().mean().item(),
+        "shape_accuracy": (pred % 6 == label % 6).float().mean().item(),
+    }
 
 
 def _judge_real_images(
