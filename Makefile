@@ -4,17 +4,17 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo demo-vit circuits test test-slow readme-check lint format clean
+.PHONY: setup demo demo-vit circuits test test-browser test-slow readme-check lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,web]'
 	touch $(STAMP)
 
 setup: $(STAMP)
 
-# TransformerLens (the circuits cross-check) and what it pulls in (transformers, datasets, wandb, pandas) get a venv
+# TransformerLens (the circuits cross-check), CLIP_benchmark (the export's cross-check) and what they pull in (transformers, datasets, wandb, pandas) get a venv
 # of their own that sees .venv's packages through a .pth file: installed in .venv, timm and diffusers would import
 # transformers and wandb in every process (0.6 s each, minutes over the test suite).
 TL_VENV := $(VENV)/transformer-lens
@@ -25,7 +25,7 @@ $(TL_STAMP): $(STAMP)
 	test -x $(TL_PY) || $(PYTHON) -m venv $(TL_VENV)
 	echo "import site; site.addsitedir('$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
 		> "$$($(TL_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/base-venv.pth"
-	$(TL_PY) -m pip install -q 'transformer-lens>=3.9,<4'
+	$(TL_PY) -m pip install -q 'transformer-lens>=3.9,<4' 'clip-benchmark>=1.6' 'numpy<2.4'
 	touch $(TL_STAMP)
 
 # The whole suite on the shapes data in short schedules, two jobs at a time on 1 thread each (two 1-thread jobs side
@@ -80,8 +80,15 @@ circuits: setup  # "A Mathematical Framework for Transformer Circuits" on this m
 	done
 
 test: setup $(TL_STAMP)
-	$(PY) -m pytest -q -m "not slow and not transformer_lens"
-	$(TL_PY) -m pytest -q -m "transformer_lens and not slow"
+	$(PY) -m pytest -q -m "not slow and not transformer_lens and not clip_benchmark and not browser"
+	$(TL_PY) -m pytest -q -m "(transformer_lens or clip_benchmark) and not slow"
+
+# The web demo in a real browser: Debian's headless Chromium and its chromedriver (apt; selenium drives them and never
+# downloads a browser of its own).
+test-browser: setup
+	test -x /usr/bin/chromedriver || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		chromium chromium-driver; }
+	$(PY) -m pytest -q -m "browser and not slow"
 
 test-slow: setup  # the long fault-injection runs (many random SIGKILLs, accelerate launch losing a worker)
 	$(PY) -m pytest -q -m slow

@@ -12,8 +12,6 @@ import sys
 from typing import Any
 
 from multimodal.config import ConfigError
-from multimodal.data import ensure_dataset, load_card
-from multimodal.evaluation import evaluate_captioning
 
 from .common import add_common_options, add_task_option, cli_parser, load_gato_run, run_cli, task_route, write_result
 
@@ -21,6 +19,9 @@ __all__ = ["main"]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from multimodal.data import ensure_dataset, load_card
+    from multimodal.evaluation import evaluate_captioning
+
     cfg, model, tokenizer = load_gato_run(args)
     data = cfg.get("data") or {}
     mixture = (cfg.get("task") or {}).get("mixture") or {}
@@ -55,9 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", action="append", help="split to caption (repeatable; default: test)")
     parser.add_argument("--samples", type=int, default=1000, help="images per split")
     add_task_option(parser)
-    add_common_options(
-        parser, no_ema=True, device="torch device to caption on, e.g. cuda", out="RUN/eval/caption_<dataset>.json"
-    )
+    add_common_options(parser, no_ema=True, device="torch device to caption on", out="RUN/eval/caption_<dataset>.json")
     return run_cli(run, parser, argv)
 
 

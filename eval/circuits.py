@@ -24,25 +24,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from multimodal.circuits import head_weights
 from multimodal.config import ConfigError
-from multimodal.data import ensure_dataset, load_card, make_loader
-from multimodal.data.control import env_spec, read_episodes
-from multimodal.data.sequences import MarkovRepeats
-from multimodal.evaluation.circuits import (
-    analyse_lm,
-    analyse_text_tower,
-    analyse_vision_tower,
-    prompt_attention,
-    prompt_use,
-    repeated_control_scores,
-    top_compositions,
-    transformer_lens_agreement,
-)
-from multimodal.evaluation.classification import eval_stream
-from multimodal.models.clip import CLIP
-from multimodal.models.vit import VisionTransformer
-from multimodal.runs import get_tokenizer, load_checkpoint, load_gato_tokenizer, read_run_config
 
 from .common import add_common_options, cli_parser, result_path, run_cli, run_decoder, write_result
 from .plot import heat_maps
@@ -138,6 +120,9 @@ def vision_table(out: dict[str, Any], name: str) -> str:
 
 def eval_batch(args: argparse.Namespace, cfg: dict[str, Any], *, text: bool) -> dict[str, Any]:
     """``--images`` samples of the run's dataset (its test split, else its first), decoded as the run trained."""
+    from multimodal.data import ensure_dataset, load_card, make_loader
+    from multimodal.evaluation.classification import eval_stream
+
     data = cfg.get("data") or {}
     card = load_card(data.get("dataset", "shapes"))
     split = "test" if "test" in card.splits else next(iter(card.splits))
@@ -158,6 +143,11 @@ def vision_pictures(out: dict[str, Any], path: Path, title: str) -> None:
 
 def run_tower(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
     """A CLIP run (both towers) or a ViT classifier."""
+    from multimodal.evaluation.circuits import analyse_text_tower, analyse_vision_tower
+    from multimodal.models.clip import CLIP
+    from multimodal.models.vit import VisionTransformer
+    from multimodal.runs import get_tokenizer, load_checkpoint
+
     model = load_checkpoint(args.checkpoint)
     folder = result_path(args, "circuits.json").parent
     out: dict[str, Any] = {"checkpoint": str(args.checkpoint)}
@@ -226,6 +216,12 @@ def gato_table(out: dict[str, Any]) -> str:
 
 
 def run_gato(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
+    from multimodal.circuits import head_weights
+    from multimodal.data import ensure_dataset, load_card
+    from multimodal.data.control import env_spec, read_episodes
+    from multimodal.evaluation.circuits import prompt_attention, prompt_use, repeated_control_scores, top_compositions
+    from multimodal.runs import load_checkpoint, load_gato_tokenizer
+
     model = load_checkpoint(args.checkpoint, ema=False)
     tokenizer = load_gato_tokenizer(args.checkpoint, model)
     results = {}
@@ -262,6 +258,10 @@ def run_gato(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from multimodal.data.sequences import MarkovRepeats
+    from multimodal.evaluation.circuits import analyse_lm, transformer_lens_agreement
+    from multimodal.runs import load_checkpoint, read_run_config
+
     cfg = read_run_config(args.checkpoint)
     task = cfg.get("task") or {}
     if task.get("name") == "gato":

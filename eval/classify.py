@@ -9,11 +9,7 @@ import argparse
 import sys
 from typing import Any
 
-from torch import nn
-
 from multimodal.config import ConfigError
-from multimodal.data import ensure_dataset, make_loader
-from multimodal.evaluation import eval_stream, evaluate_classifier
 
 from .common import add_common_options, base_parser, load_run_model, read_run_data, run_cli, run_decoder, write_result
 
@@ -29,6 +25,11 @@ def format_table(rows: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from torch import nn
+
+    from multimodal.data import ensure_dataset, make_loader
+    from multimodal.evaluation import eval_stream, evaluate_classifier
+
     data, card = read_run_data(args, "classification")
     label = args.label or data.get("label") or next(iter(card.labels))
     classes = card.class_names(label)

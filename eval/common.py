@@ -5,24 +5,22 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from accelerate import Accelerator
-from torch import nn
-
-from multimodal import load_checkpoint
-from multimodal.cli import HelpFormatter, add_threads_argument, run_cli
+from multimodal.cli import HelpFormatter, add_device_argument, add_threads_argument, run_cli
 from multimodal.config import ConfigError
-from multimodal.data import DatasetCard, SampleDecoder, load_card
-from multimodal.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from multimodal.data.benchmark import BenchmarkDecoder, load_dataset_card
+from multimodal.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from multimodal.io import atomic_write_json
-from multimodal.runs import load_gato_tokenizer, read_run_config
-from multimodal.tokenizers.gato import GatoTokenizer
+
+if TYPE_CHECKING:  # the rest is imported where it is used: --help and a mistyped option import no torch
+    from accelerate import Accelerator
+    from torch import nn
+
+    from multimodal.data import DatasetCard, SampleDecoder
+    from multimodal.tokenizers.gato import GatoTokenizer
 
 __all__ = [
-    "AUTO_DEVICE",
-    "AUTO_DEVICE_HELP",
     "add_common_options",
     "base_parser",
     "cli_parser",
@@ -34,9 +32,6 @@ __all__ = [
     "run_decoder",
     "write_result",
 ]
-
-AUTO_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # --device's default where a GPU is worth using
-AUTO_DEVICE_HELP = "torch device; cuda when one is present"
 
 
 def cli_parser(
@@ -54,15 +49,15 @@ def add_common_options(
     *,
     no_ema: bool = False,
     device: str | None = None,
-    device_default: str = "cpu",
     out: str | None = None,
 ) -> None:
-    """The options that end a CLI's list, those it takes of them: --no-ema; --device (``device``: its help);
-    --out, a JSON path (``out``: where results go without it); then --threads."""
+    """The options that end a CLI's list, those it takes of them: --no-ema; --device (``device``: its help; ``auto``
+    by default, a GPU when there is one); --out, a JSON path (``out``: where results go without it); then
+    --threads."""
     if no_ema:
         parser.add_argument("--no-ema", action="store_true", help="use the raw weights even if the run kept an EMA")
     if device is not None:
-        parser.add_argument("--device", default=device_default, help=device)
+        add_device_argument(parser, help=device)
     if out is not None:
         parser.add_argument("--out", help=f"JSON path (default: {out})")
     add_threads_argument(parser)
@@ -75,7 +70,11 @@ def base_parser(
     (``split``: its help; repeatable with ``every_split``, else one, "test" by default), --label (with ``label``:
     its help), --batch-size and --workers (they end with :func:`add_common_options`)."""
     parser = cli_parser(prog, doc)
-    parser.add_argument("--dataset", help="card name, card path or image folder (default: the training dataset)")
+    parser.add_argument(
+        "--dataset",
+        help="card name, card path, shards, image folder or CLIP_benchmark folder (wds:DIR) (default: the training "
+        "dataset)",
+    )
     if every_split:
         parser.add_argument("--split", action="append", help=split)
     else:
@@ -88,15 +87,20 @@ def base_parser(
 
 
 def read_run_data(args: argparse.Namespace, task: str) -> tuple[dict[str, Any], DatasetCard]:
-    """The data section of the config of run --checkpoint (a run of ``task``) and the card of --dataset, else of the
-    dataset the run trained on."""
+    """The data section of the config of run --checkpoint (a run of ``task``) and the card of --dataset (a
+    CLIP_benchmark folder too: ``wds:DIR``), else of the dataset the run trained on."""
+    from multimodal.runs import read_run_config
+
     data = read_run_config(args.checkpoint, task=task).get("data", {})
-    return data, load_card(args.dataset or data.get("dataset", "shapes"))
+    return data, load_dataset_card(args.dataset or data.get("dataset", "shapes"))
 
 
 def load_gato_run(args: argparse.Namespace) -> tuple[dict[str, Any], nn.Module, GatoTokenizer]:
     """The config of GATO run --checkpoint, its model on --device (EMA weights where it kept them, unless --no-ema)
     and the tokenizer it trained with."""
+    from multimodal import load_checkpoint
+    from multimodal.runs import load_gato_tokenizer, read_run_config
+
     cfg = read_run_config(args.checkpoint, task="gato")
     model = load_checkpoint(args.checkpoint, ema=False if args.no_ema else None, device=args.device)
     return cfg, model, load_gato_tokenizer(args.checkpoint, model)
@@ -124,24 +128,39 @@ def task_route(model: nn.Module, name: str, how: str) -> int | str | None:
 def load_run_model(args: argparse.Namespace) -> tuple[nn.Module, Accelerator]:
     """The model of run --checkpoint (its EMA weights where it kept them, unless --no-ema) on the device of an
     ``Accelerator`` (a GPU when there is one), and that accelerator."""
+    import torch
+    from accelerate import Accelerator
+
+    from multimodal import load_checkpoint
+
     acc = Accelerator(cpu=not torch.cuda.is_available())
     model = load_checkpoint(args.checkpoint, ema=False if getattr(args, "no_ema", False) else None)
     return model.to(acc.device), acc
 
 
 def run_decoder(
-    data: dict[str, Any], *, label_key: str | None = None, text_key: str | None = None, image_key: str | None = None
-) -> SampleDecoder:
+    data: dict[str, Any],
+    *,
+    label_key: str | None = None,
+    text_key: str | None = None,
+    image_key: str | None = None,
+    caption_lines: bool = False,
+) -> SampleDecoder | BenchmarkDecoder:
     """The evaluation-time decoder of a run: its image size, mean and std (from ``config.yaml``'s data section);
-    ``image_key`` is the card's (``card.image_key``)."""
-    return SampleDecoder(
+    ``image_key`` is the card's (``card.image_key``). ``label_key="cls"``: the class index is the ``cls`` member
+    (image folders, CLIP_benchmark shards, where it is text); ``caption_lines``: the ``txt`` member holds several
+    captions, one a line (CLIP_benchmark's retrieval shards), decoded as a list."""
+    from multimodal.data import SampleDecoder
+
+    decoder = SampleDecoder(
         image_size=int(data.get("image_size", 224)),
         image_key=image_key,
         label_key=label_key,
-        text_key=text_key,
+        text_key=None if caption_lines else text_key,
         mean=tuple(data.get("mean", IMAGENET_MEAN)),
         std=tuple(data.get("std", IMAGENET_STD)),
     )
+    return BenchmarkDecoder(decoder, captions=caption_lines) if label_key == "cls" or caption_lines else decoder
 
 
 def result_path(args: argparse.Namespace, name: str) -> Path:

@@ -18,12 +18,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import torch
-
-from multimodal.evaluation import diagnose_composition
-from multimodal.generate import load_pipeline
-
-from .common import AUTO_DEVICE, AUTO_DEVICE_HELP, add_common_options, cli_parser, run_cli, write_result
+from .common import add_common_options, cli_parser, run_cli, write_result
 from .generation import add_judging_options, load_judge
 
 __all__ = ["format_table", "main"]
@@ -51,6 +46,11 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from multimodal.evaluation import diagnose_composition
+    from multimodal.generate import load_pipeline
+
     device = torch.device(args.device)
     judge = load_judge(args.judge, device=device)  # before the pipeline: a wrong --judge fails at once
     pipe = load_pipeline(args.checkpoint, sampler=args.sampler).to(device)
@@ -69,9 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     add_judging_options(parser, n=8, n_help="real images (and prior samples) per colour-shape pair", guidance=True)
     parser.add_argument("--dataset", default="shapes", help="a shapes card (its test and heldout splits)")
     parser.add_argument("--no-upsample", action="store_true", help="judge the decoder's images without upsampling")
-    add_common_options(
-        parser, device=AUTO_DEVICE_HELP, device_default=AUTO_DEVICE, out="CHECKPOINT/eval/composition.json"
-    )
+    add_common_options(parser, device="torch device to sample on", out="CHECKPOINT/eval/composition.json")
     return run_cli(run, parser, argv)
 
 

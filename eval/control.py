@@ -14,9 +14,6 @@ import sys
 from typing import Any
 
 from multimodal.config import ConfigError
-from multimodal.data import load_card
-from multimodal.data.control import ENVS, dataset_name
-from multimodal.evaluation import evaluate_control
 
 from .common import add_common_options, add_task_option, cli_parser, load_gato_run, run_cli, task_route, write_result
 
@@ -24,6 +21,10 @@ __all__ = ["main"]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from multimodal.data import load_card
+    from multimodal.data.control import ENVS, dataset_name
+    from multimodal.evaluation import evaluate_control
+
     cfg, model, tokenizer = load_gato_run(args)
     if args.env == "all":
         mixture = (cfg.get("task") or {}).get("mixture") or {}
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--episodes", type=int, default=20, help="rollouts per env")
     add_task_option(parser)
-    add_common_options(parser, no_ema=True, device="torch device to act on, e.g. cuda", out="RUN/eval/control.json")
+    add_common_options(parser, no_ema=True, device="torch device to act on", out="RUN/eval/control.json")
     return run_cli(run, parser, argv)
 
 

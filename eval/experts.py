@@ -21,33 +21,35 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from multimodal import create_model, load_checkpoint
 from multimodal.cli import HelpFormatter, add_threads_argument, run_cli
 from multimodal.config import ConfigError
-from multimodal.data import ensure_dataset, load_card
-from multimodal.evaluation import evaluate_captioning, evaluate_control
-from multimodal.evaluation.experts import active_parameters, expert_load, measurement_batches, throughput
 from multimodal.io import atomic_write_json
-from multimodal.models.btm import GatoEnsemble, average_branches
-from multimodal.runs import load_gato_tokenizer, read_run_config, run_dir, write_run
-from multimodal.tokenizers.gato import TOKENIZER_FILE
+
+# The library (torch, the models, the evaluators) is imported inside the functions that use it, so that --help
+# answers at once.
 
 __all__ = ["main"]
 
 
 def _gato_run(path: str) -> tuple[dict[str, Any], Any]:
+    from multimodal.runs import load_checkpoint, read_run_config
+
     return read_run_config(path, task="gato"), load_checkpoint(path, ema=False)
 
 
 def _task_names(cfg: dict[str, Any]) -> dict[str, str]:
     """The run's task.mixture keys -> their cards' names (the task names models use)."""
+    from multimodal.data import load_card
+
     return {key: load_card(key).name for key in (cfg.get("task") or {}).get("mixture") or {}}
 
 
 def _model_args(cfg: dict[str, Any], model) -> dict[str, Any]:
     """The run's model.args with the fields where ``model.cfg`` now differs from what they built."""
+    import torch
+
+    from multimodal.models import create_model
+
     args = dict((cfg.get("model") or {}).get("args") or {})
     with torch.device("meta"):
         before = create_model(cfg["model"]["name"], **args).cfg.to_dict()
@@ -55,6 +57,10 @@ def _model_args(cfg: dict[str, Any], model) -> dict[str, Any]:
 
 
 def merge(args: argparse.Namespace) -> None:
+    from multimodal.models.btm import average_branches
+    from multimodal.runs import run_dir, write_run
+    from multimodal.tokenizers.gato import TOKENIZER_FILE
+
     if len(args.branch) < 2:
         raise ConfigError("merge needs at least two --branch runs")
     runs = [_gato_run(path) for path in args.branch]
@@ -73,6 +79,9 @@ def merge(args: argparse.Namespace) -> None:
 
 
 def extract(args: argparse.Namespace) -> None:
+    from multimodal.runs import run_dir, write_run
+    from multimodal.tokenizers.gato import TOKENIZER_FILE
+
     cfg, model = _gato_run(args.checkpoint)
     names = _task_names(cfg)
     key = next((k for k, name in names.items() if args.task in (k, name)), None)
@@ -99,6 +108,9 @@ def _labelled(text: str, what: str) -> tuple[str, str]:
 
 def _evaluate(model, tokenizer, cards, cfg_data, args, task_of) -> dict[str, float]:
     """Score per task: expert-normalised control score, caption accuracy (test and held-out)."""
+    from multimodal.data import ensure_dataset
+    from multimodal.evaluation import evaluate_captioning, evaluate_control
+
     scores = {}
     for name, card in cards.items():
         task = task_of(name)
@@ -118,6 +130,11 @@ def _evaluate(model, tokenizer, cards, cfg_data, args, task_of) -> dict[str, flo
 
 
 def compare(args: argparse.Namespace) -> dict[str, Any]:
+    from multimodal.data import load_card
+    from multimodal.evaluation.experts import active_parameters, expert_load, measurement_batches, throughput
+    from multimodal.models.btm import GatoEnsemble
+    from multimodal.runs import load_gato_tokenizer, read_run_config
+
     systems: dict[str, tuple[list[str], bool]] = {}  # label -> (runs, is an ensemble)
     for text in args.run:
         label, path = _labelled(text, "--run")

@@ -22,23 +22,26 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from multimodal import load_checkpoint
 from multimodal.config import ConfigError
-from multimodal.evaluation import InceptionFeatures, Judge, evaluate_generation
-from multimodal.generate import load_pipeline
-from multimodal.runs import read_run_config
+from multimodal.models.samplers import SAMPLERS
 
-from .common import AUTO_DEVICE, AUTO_DEVICE_HELP, add_common_options, cli_parser, result_path, run_cli, write_result
+if TYPE_CHECKING:
+    import torch
+
+    from multimodal.evaluation import Judge
+
+from .common import add_common_options, cli_parser, result_path, run_cli, write_result
 
 __all__ = ["add_judging_options", "format_table", "load_judge", "main"]
 
 
 def load_judge(run: str | Path, *, device: torch.device | str = "cpu") -> Judge:
     """The :class:`~multimodal.evaluation.Judge` of ``--judge``: a shapes classifier run (36 colour-shape classes)."""
+    from multimodal.evaluation import Judge
+    from multimodal.runs import load_checkpoint, read_run_config
+
     cfg = read_run_config(run, task="classification")
     data = cfg.get("data", {})
     if data.get("label") != "color_shape":
@@ -58,9 +61,7 @@ def add_judging_options(parser: argparse.ArgumentParser, *, n: int, n_help: str,
     parser.add_argument("--steps", type=int, default=25, help="denoising steps of each stage")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the samples")
     if guidance:
-        parser.add_argument(
-            "--sampler", choices=("dpmsolver++", "ddim", "ddpm"), default="dpmsolver++", help="diffusion sampler"
-        )
+        parser.add_argument("--sampler", choices=SAMPLERS, default="dpmsolver++", help="diffusion sampler")
         parser.add_argument("--prior-guidance", type=float, default=4.0, help="classifier-free guidance of the prior")
         parser.add_argument(
             "--decoder-guidance", type=float, default=3.0, help="classifier-free guidance of the decoder"
@@ -90,6 +91,11 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from multimodal.evaluation import InceptionFeatures, evaluate_generation
+    from multimodal.generate import load_pipeline
+
     device = torch.device(args.device)
     judge = load_judge(args.judge, device=device)  # before the pipeline: a wrong --judge fails at once
     pipe = load_pipeline(args.checkpoint, sampler=args.sampler, decoder=args.decoder).to(device)
@@ -114,9 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="shapes", help="a shapes card (prompts from its colour-shape classes)")
     parser.add_argument("--no-ablation", action="store_true", help="skip the text-embedding-to-decoder ablation")
     parser.add_argument("--inception", help="a local torchvision inception_v3 state dict: adds Inception FID")
-    add_common_options(
-        parser, device=AUTO_DEVICE_HELP, device_default=AUTO_DEVICE, out="CHECKPOINT/eval/generation.json"
-    )
+    add_common_options(parser, device="torch device to sample on", out="CHECKPOINT/eval/generation.json")
     return run_cli(run, parser, argv)
 
 

@@ -14,14 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from multimodal.config import ConfigError
-from multimodal.evaluation import evaluate_generation
-from multimodal.generate import load_pipeline
-from multimodal.runs import read_run_config
 
-from .common import AUTO_DEVICE, AUTO_DEVICE_HELP, add_common_options, cli_parser, run_cli, write_result
+from .common import add_common_options, cli_parser, run_cli, write_result
 from .generation import add_judging_options, load_judge
 from .plot import PALETTE, Series, line_plot
 
@@ -45,6 +40,12 @@ def plot_curve(points: list[dict[str, Any]], path: Path, *, goal: float | None =
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from multimodal.evaluation import evaluate_generation
+    from multimodal.generate import load_pipeline
+    from multimodal.runs import read_run_config
+
     root = Path(args.checkpoint)
     clip = Path(read_run_config(root / "prior").get("task", {}).get("clip", ""))
     fixed = {name: _wall_seconds(run) for name, run in
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = cli_parser("python -m eval.generation_curve", __doc__, "unCLIP run root (prior/, decoder/, upsampler/)")
     add_judging_options(parser, n=4, n_help="images per prompt", guidance=False)
-    add_common_options(parser, device=AUTO_DEVICE_HELP, device_default=AUTO_DEVICE)
+    add_common_options(parser, device="torch device to sample on")
     return run_cli(run, parser, argv)
 
 

@@ -1,28 +1,32 @@
 """Zero-shot classification with a CLIP run: ``python -m eval.zeroshot --checkpoint RUN --dataset NAME|CARD|FOLDER``.
 
-Class names and prompt templates come from the dataset card; an ImageNet folder (1,000 WordNet-id class folders)
-gets open_clip's ImageNet class names and the 80 OpenAI templates. Prints top-1, top-5 (top-k with k < 5 classes)
-and mean per-class recall for each split beside chance level, and writes them as JSON.
+Class names and prompt templates come from the dataset card, or from the files of a CLIP_benchmark folder
+(``--dataset wds:DIR``, see ``multimodal.data.benchmark``); an ImageNet folder (1,000 WordNet-id class folders) gets
+open_clip's ImageNet class names and the 80 OpenAI templates. Prints top-1, top-5 (top-k with k < 5 classes) and mean
+per-class recall for each split beside chance level, and writes them as JSON; they are CLIP_benchmark's acc1, acc5 and
+mean_per_class_recall.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from multimodal import get_tokenizer
 from multimodal.config import ConfigError
-from multimodal.data import DatasetCard, ensure_dataset
-from multimodal.evaluation import topk_key, zeroshot_evaluate
 
 from .common import add_common_options, base_parser, load_run_model, read_run_data, run_cli, run_decoder, write_result
+
+if TYPE_CHECKING:
+    from multimodal.data import DatasetCard
 
 __all__ = ["format_results", "main"]
 
 
 def format_results(results: dict[str, dict[str, float]], title: str) -> str:
     """A table of per-split results; its top-k column is named by the JSON key (``top3`` with three classes)."""
+    from multimodal.evaluation import topk_key
+
     k = topk_key(next(iter(results.values()), {}))
     lines = [title, f"{'split':<10} {'top1':>7} {'(chance)':>9} {k:>7} {'(chance)':>9} {'mpcr':>7} {'n':>6}"]
     for split, m in results.items():
@@ -40,6 +44,10 @@ def default_splits(card: DatasetCard) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from multimodal import get_tokenizer
+    from multimodal.data import ensure_dataset
+    from multimodal.evaluation import zeroshot_evaluate
+
     data, card = read_run_data(args, "clip")
     trained = data.get("label")
     label = args.label or (trained if trained in card.labels else next(iter(card.labels), None))

@@ -21,12 +21,14 @@ from typing import Any, TextIO
 __all__ = [
     "USER_ERRORS",
     "HelpFormatter",
+    "add_device_argument",
     "add_threads_argument",
     "busy_cores",
     "configure_threads",
     "keep_freed_memory",
     "one_line",
     "one_line_warnings",
+    "resolve_device",
     "run_cli",
 ]
 
@@ -51,6 +53,8 @@ def run_cli(run: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentP
     args = parser.parse_args(argv)
     with one_line_warnings():
         try:
+            if getattr(args, "device", None) == "auto":
+                args.device = resolve_device(args.device)
             if hasattr(args, "threads"):
                 configure_threads(args.threads)
                 keep_freed_memory()
@@ -82,6 +86,21 @@ def _one_line_warning(
 ) -> None:
     """``warnings.showwarning`` for a command line: ``warning: message`` without the source location."""
     print(f"warning: {one_line(message)}", file=file or sys.stderr)
+
+
+def add_device_argument(parser: argparse.ArgumentParser, *, help: str = "where to run") -> None:
+    """``--device``, ``auto`` by default: :func:`run_cli` makes that ``cuda`` when a GPU is present, else ``cpu``
+    (deciding needs torch, which ``--help`` does not import)."""
+    parser.add_argument("--device", default="auto", help=f"{help}; auto: cuda when a GPU is present, else cpu")
+
+
+def resolve_device(device: str) -> str:
+    """``device`` itself, or for ``auto`` the one :func:`add_device_argument` promises."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:

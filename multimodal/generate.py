@@ -12,18 +12,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from PIL import Image
-
-from .cli import HelpFormatter, add_threads_argument, run_cli
+from .cli import HelpFormatter, add_device_argument, add_threads_argument, run_cli
 from .config import ConfigError
-from .io import atomic_save_image
-from .models.diffusion import SAMPLERS
-from .pipelines.grid import make_grid
-from .pipelines.unclip import UnclipPipeline
-from .runs import describe_run, load_unclip_pipeline, read_run_config
-from .tokenizers import check_prompts
+from .models.samplers import SAMPLERS
+
+if TYPE_CHECKING:
+    from .pipelines.unclip import UnclipPipeline
 
 __all__ = ["default_cell", "load_pipeline", "main"]
 
@@ -35,6 +31,9 @@ def load_pipeline(
 ) -> UnclipPipeline:
     """An :class:`~multimodal.pipelines.unclip.UnclipPipeline` from a saved pipeline or an unCLIP run root; with an
     unCLIP run root, ``decoder`` may name another decoder run or checkpoint (e.g. ``decoder/checkpoints/step-N``)."""
+    from .pipelines.unclip import UnclipPipeline
+    from .runs import describe_run, load_unclip_pipeline, read_run_config
+
     path = Path(checkpoint)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; pass {_WANTED}")
@@ -58,6 +57,13 @@ def default_cell(size: int, minimum: int = 128) -> int:
 
 def run(args: argparse.Namespace) -> None:
     """Check the arguments (prompts first: a bad one fails before anything loads), generate, and write the grid."""
+    import torch
+    from PIL import Image
+
+    from .io import atomic_save_image
+    from .pipelines.grid import make_grid
+    from .tokenizers import check_prompts
+
     check_prompts(args.prompts)
     out = Path(args.out)
     if args.n < 1 or args.steps < 1:
@@ -113,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-labels", action="store_true", help="leave out the prompt written left of each row")
     parser.add_argument("--save", help="also save the assembled pipeline here (save_pretrained)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where to run")
+    add_device_argument(parser)
     add_threads_argument(parser)
     return run_cli(run, parser, argv)
 

@@ -24,11 +24,11 @@ import locale
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from PIL import Image
-from safetensors.torch import save_file
+if TYPE_CHECKING:  # the command lines import this module before torch, so that --help stays instant
+    import torch
+    from PIL import Image
 
 __all__ = [
     "atomic_path",
@@ -112,5 +112,7 @@ def atomic_save_safetensors(
     fsync: bool = False,
 ) -> None:
     """Save ``tensors`` (and string ``metadata``) to the safetensors file ``path`` atomically."""
+    from safetensors.torch import save_file
+
     with atomic_path(path, fsync=fsync) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)

@@ -5,21 +5,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import importlib
 import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
-
-import torch
-from safetensors.torch import load_file
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from multimodal.config import Config, ConfigError, apply_overrides, load_yaml
-from multimodal.data.stream import STOP_SIGNALS
-from multimodal.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from multimodal.models import create_model
-from multimodal.models.registry import check_model_name
-from multimodal.runs import run_weights
+from multimodal.data.constants import IMAGENET_MEAN, IMAGENET_STD, STOP_SIGNALS
+from multimodal.models.registry import check_model_name, create_model
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 __all__ = ["DataConfig", "ModelSpec", "OptimConfig", "RunConfig", "TaskConfig", "TrainConfig", "TrainLoopConfig"]
 
@@ -54,17 +52,19 @@ class TaskConfig(Config):
     @staticmethod
     def kinds() -> dict[str, type[TaskConfig]]:
         """Task name -> its options class, for every task the trainer knows."""
+        importlib.import_module("training.task_options")  # defines (and so registers) them; once
         return dict(TaskConfig._KINDS)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, *, prefix: str = "task.", known: Sequence[str] = ()) -> Any:
         data = dict(data or {})
         name = data.get("name", "classification")
-        kind = TaskConfig._KINDS.get(name) if isinstance(name, str) else None
+        kinds = TaskConfig.kinds()
+        kind = kinds.get(name) if isinstance(name, str) else None
         if kind is None:
-            close = difflib.get_close_matches(str(name), TaskConfig._KINDS, n=1)
+            close = difflib.get_close_matches(str(name), kinds, n=1)
             raise ConfigError(
-                f"config key {prefix + 'name'!r} must be one of {', '.join(map(repr, TaskConfig._KINDS))}, "
+                f"config key {prefix + 'name'!r} must be one of {', '.join(map(repr, kinds))}, "
                 f"got {name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
             )
         if cls is not TaskConfig and kind is not cls:
@@ -83,6 +83,11 @@ class ModelSpec(Config):
     def build(self, device: str | torch.device | None = None) -> nn.Module:
         """The model, with ``init_from``'s weights (its EMA where it kept one) unless built on the meta device; a
         wrong name, argument or value, or weights of another shape, is a :class:`ConfigError` naming its key."""
+        import torch  # here, not above: reading a recipe needs no torch
+        from safetensors.torch import load_file
+
+        from multimodal.runs import run_weights
+
         check_model_name(self.name, key="model.name")
         try:
             with torch.device(device) if device is not None else contextlib.nullcontext():

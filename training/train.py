@@ -14,19 +14,23 @@ import os
 import sys
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
+from multimodal._lazy import lazy_exports
 from multimodal.cli import USER_ERRORS, HelpFormatter, one_line, one_line_warnings
 
-from .checkpoint import CheckpointError
 from .config import TaskConfig, TrainConfig
-from .guard import PeerLostError, TrainingError
-from .launch import LaunchError
-from .preemption import PREEMPTED_EXIT
-from .trainer import Trainer, train
 
 __all__ = ["PeerLostError", "TrainingError", "load_config", "main", "train"]
+# The trainer (torch, accelerate, the model families: seconds to import) is loaded once a recipe has been read, so
+# that --help and a recipe's mistakes answer at once.
+__getattr__, __dir__ = lazy_exports(
+    __name__, {"PeerLostError": ".guard", "TrainingError": ".guard", "train": ".trainer"}
+)
+
+if TYPE_CHECKING:
+    from .guard import PeerLostError, TrainingError
+    from .trainer import train
 
 
 def load_config(recipe: str | Path, overrides: list[str]) -> TrainConfig:
@@ -67,7 +71,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with one_line_warnings():
         try:
-            trainer = Trainer(load_config(args.recipe, args.overrides))
+            cfg = load_config(args.recipe, args.overrides)
+        except USER_ERRORS as e:
+            _print_error(e)
+            return 2
+        from .checkpoint import CheckpointError
+        from .guard import PeerLostError, TrainingError
+        from .launch import LaunchError
+        from .preemption import PREEMPTED_EXIT
+        from .trainer import Trainer
+
+        try:
+            trainer = Trainer(cfg)
             trainer.build()  # a recipe its data or model refuses stops here, before anything is written
         except USER_ERRORS as e:
             _print_error(e, every_rank=isinstance(e, LaunchError))  # a lone worker with RANK=3 is its own rank 0
@@ -85,7 +100,8 @@ def _exit(code: int) -> None:
     process group and gloo's threads, which can abort interpreter teardown ("terminate called without an active
     exception", rc -6 instead of the 1 the error deserves): such a process flushes its output and leaves without
     that teardown; everything it keeps (checkpoints, metrics.jsonl, the error) is already written."""
-    if code != 0 and torch.distributed.is_available() and torch.distributed.is_initialized():
+    torch = sys.modules.get("torch")  # not imported when the recipe was refused
+    if code != 0 and torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -78,10 +78,17 @@ ENVS: dict[str, EnvSpec] = {
     "Acrobot-v1": EnvSpec("Acrobot-v1", "discrete", observation_dim=6, action_dim=1, num_actions=3, max_steps=500),
     # MiniGrid from pixels (multimodal/data/gridworld.py): the egocentric view as a 56 x 56 RGB image, 7 actions.
     **{
-        env_id: EnvSpec(env_id, "discrete", observation_dim=56 * 56 * 3, action_dim=1, num_actions=7,
-                        max_steps=max_steps, observation_shape=(56, 56, 3))
+        env_id: EnvSpec(
+            env_id,
+            "discrete",
+            observation_dim=56 * 56 * 3,
+            action_dim=1,
+            num_actions=7,
+            max_steps=max_steps,
+            observation_shape=(56, 56, 3),
+        )
         for env_id, max_steps in (("MiniGrid-DoorKey-5x5-v0", 250), ("MiniGrid-MultiRoom-N2-S4-v0", 40))
-    },  # fmt: skip
+    },
 }
 
 

@@ -18,8 +18,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
 from multimodal.data import shards
@@ -54,6 +52,9 @@ def _check_test_size(test_size: int) -> None:
 
 def split_indices(*, seed: int = 0, test_size: int = 360) -> dict[str, np.ndarray]:
     """Indices into ``load_digits()`` of each split, stratified by label; sorted within a split."""
+    from sklearn.datasets import load_digits  # here: scikit-learn takes a second to import
+    from sklearn.model_selection import train_test_split
+
     _check_test_size(test_size)
     labels = load_digits().target
     train, test = train_test_split(np.arange(len(labels)), test_size=test_size, stratify=labels, random_state=seed)
@@ -109,6 +110,8 @@ def generate_digits(
     A complete dataset written with the same arguments is left untouched; otherwise the split directories are
     cleared and rewritten. ``progress`` shows a progress bar.
     """
+    from sklearn.datasets import load_digits
+
     out_dir = Path(out_dir)
     manifest = build_manifest(seed=seed, test_size=test_size, samples_per_shard=samples_per_shard)
     existing = shards.read_manifest(out_dir)

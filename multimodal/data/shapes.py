@@ -27,14 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-import yaml
-
 from multimodal.data import shards
-
-from .cards import find_cards_dir
 
 FORMAT_VERSION = 2  # 2: several captions per sample (json "captions")
 SPLITS = ("train", "test", "heldout")
@@ -486,6 +483,8 @@ def generate_shapes(
 def write_shapes_card(root: Path, spec: ShapesSpec, name: str, *, workers: int = 1) -> Path:
     """Generate the shapes data of ``spec`` under ``root/data`` and write a card for it, ``root/<name>.yaml`` (the
     shapes card's keys, this data's splits); returns the card's path."""
+    from .cards import find_cards_dir  # here: cards imports webdataset, and so torch
+
     manifest = generate_shapes(root / "data", spec, workers=workers)
     card = yaml.safe_load((find_cards_dir() / "shapes.yaml").read_text())
     card.update(name=name, generator=None, root=str(root / "data"))

@@ -31,6 +31,8 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from .constants import STOP_SIGNALS
+
 __all__ = [
     "STOP_SIGNALS",
     "DecodeError",
@@ -302,9 +304,6 @@ class SampleStream(IterableDataset):
             batch["skipped"], events[:] = list(events), []
             batch["size"] = len(good)
             yield batch
-
-
-STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")  # what a scheduler sends to stop a job; the trainer handles them
 
 
 def make_loader(stream: SampleStream, *, num_workers: int, seed: int = 0) -> DataLoader:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .constants import IMAGE_KEYS, IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from .stream import DecodeError
 
 __all__ = [
@@ -29,11 +30,6 @@ __all__ = [
     "to_rgb",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")
 # The RTS distortion of Jaderberg et al. 2015 (their 28 px MNIST digits on a 42 px canvas): rotated by up to 45
 # degrees either way, scaled by 0.7 to 1.2, placed anywhere on a canvas 1.5 times the image's side.
 RTS_MAX_DEGREES = 45.0

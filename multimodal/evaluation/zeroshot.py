@@ -1,5 +1,12 @@
 """Zero-shot classification of a CLIP model: class names and prompt templates from a dataset card, metrics per split
-beside chance level."""
+beside chance level.
+
+The metrics are CLIP_benchmark's (``clip_benchmark.metrics.zeroshot_classification``): ``top1`` is its ``acc1``,
+``top5`` its ``acc5`` (it reports NaN for fewer than five classes, where this gives ``topK``, K the class count), and
+``mean_per_class_recall`` its namesake, scikit-learn's balanced accuracy: the mean top-1 recall over the classes
+present among the labels. Both build the classifier alike (each class: the normalised mean of its normalised prompt
+embeddings; logits 100 x cosine).
+"""
 
 from __future__ import annotations
 
@@ -8,26 +15,13 @@ import re
 from accelerate import Accelerator
 from torch import nn
 
-from ..config import ConfigError
 from ..data import SampleDecoder, make_loader
+from ..data.benchmark import card_prompts
 from ..data.cards import DatasetCard
-from ..pipelines.zeroshot import ZeroShotClassifier, imagenet_classnames, imagenet_templates
+from ..pipelines.zeroshot import ZeroShotClassifier
 from .classification import eval_stream, evaluate_classifier
 
 __all__ = ["card_prompts", "topk_key", "zeroshot_evaluate"]
-
-
-def card_prompts(card: DatasetCard, label: str, templates: str | None = None) -> tuple[list[str], list[str]]:
-    """Class names and templates for zero-shot: the card's, or ImageNet's for a WordNet-id image folder."""
-    names = list(card.class_names(label))
-    wordnet = len(names) == 1000 and all(re.fullmatch(r"n\d{8}", n) for n in names)
-    if wordnet:
-        names = imagenet_classnames()
-    if templates in ("openai", "simple"):
-        return names, imagenet_templates(templates)
-    if templates is not None:
-        raise ConfigError(f"--templates must be 'openai', 'simple' or omitted (the card's), got {templates!r}")
-    return names, imagenet_templates("openai") if wordnet else list(card.templates)
 
 
 def zeroshot_evaluate(

@@ -14,6 +14,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
+from .samplers import SAMPLERS
+
 __all__ = [
     "PREDICTION_TYPES",
     "SAMPLERS",
@@ -25,7 +27,6 @@ __all__ = [
 ]
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-SAMPLERS = ("dpmsolver++", "ddim", "ddpm")
 # DPM-Solver++ with a cosine schedule diverges near t = T, where log-SNR goes to -inf, unless the largest steps are
 # clipped away; -5.1 is diffusers' value for the cosine schedule (the improved-DDPM / unCLIP setting).
 COSINE_LAMBDA_MIN_CLIPPED = -5.1

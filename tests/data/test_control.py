@@ -1,6 +1,6 @@
 import dataclasses
-import threading
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +9,6 @@ import yaml
 
 from multimodal.config import ConfigError
 from multimodal.data import control, ensure_dataset, load_card, shards
-from multimodal.io import exclusive_lock
 from multimodal.data.control import (
     ENVS,
     Episode,
@@ -23,6 +22,7 @@ from multimodal.data.control import (
     read_episodes,
     run_episodes,
 )
+from multimodal.io import exclusive_lock
 
 CARDS = Path(__file__).resolve().parents[2] / "datasets"
 TINY = {"episodes": 3, "test_episodes": 2, "reference_episodes": 4}  # a dataset in a fraction of a second
@@ -47,8 +47,9 @@ def test_env_specs():
     assert doorkey.pixels and doorkey.observation_shape == (56, 56, 3) and doorkey.num_actions == 7
     assert not env_spec("CartPole-v1").pixels
     acrobot = env_spec("Acrobot-v1")
-    assert (acrobot.action_kind, acrobot.observation_dim, acrobot.num_actions, acrobot.max_steps) == ("discrete", 6, 3, 500)
-    with pytest.raises(ValueError, match=r"unknown env 'MountainCar-v0'; known envs: CartPole-v1, Pendulum-v1, Acrobot"):
+    acrobot_shape = (acrobot.action_kind, acrobot.observation_dim, acrobot.num_actions, acrobot.max_steps)
+    assert acrobot_shape == ("discrete", 6, 3, 500)
+    with pytest.raises(ValueError, match=r"unknown env 'MountainCar-v0'; known envs: CartPole-v1, Pendulum-v1, Acro"):
         env_spec("MountainCar-v0")
 
 

@@ -6,9 +6,7 @@ import importlib
 import re
 
 import pytest
-import torch
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 COMMON = {"--batch-size": "256", "--workers": "2"}  # eval.common.base_parser's
 
 # module -> option -> the default its help must show
@@ -16,8 +14,8 @@ DEFAULTS = {
     "eval.classify": {**COMMON, "--split": "test"},
     "eval.zeroshot": COMMON,
     "eval.retrieval": {**COMMON, "--split": "test"},
-    "eval.caption": {"--samples": "1000", "--device": "cpu"},
-    "eval.control": {"--env": "all", "--episodes": "20", "--device": "cpu"},
+    "eval.caption": {"--samples": "1000", "--device": "auto"},
+    "eval.control": {"--env": "all", "--episodes": "20", "--device": "auto"},
     "eval.generation": {
         "--n": "8",
         "--steps": "25",
@@ -26,10 +24,10 @@ DEFAULTS = {
         "--decoder-guidance": "3.0",
         "--seed": "0",
         "--dataset": "shapes",
-        "--device": DEVICE,
+        "--device": "auto",
     },
-    "eval.composition": {"--n": "8", "--steps": "25", "--sampler": "dpmsolver++", "--seed": "0", "--device": DEVICE},
-    "eval.generation_curve": {"--n": "4", "--steps": "25", "--seed": "0", "--device": DEVICE},
+    "eval.composition": {"--n": "8", "--steps": "25", "--sampler": "dpmsolver++", "--seed": "0", "--device": "auto"},
+    "eval.generation_curve": {"--n": "4", "--steps": "25", "--seed": "0", "--device": "auto"},
     "bench.compare_vision": {"--models": "resnet18,aa_resnet18,vit", "--seeds": "0,1,2"},
     "bench.clip_batch": {"--samples": "153600", "--chunk": "256", "--parallel": "2"},
 }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
@@ -13,16 +12,11 @@ from multimodal.config import ConfigError
 from multimodal.data import SkipStats, collate, make_loader
 from multimodal.evaluation import eval_stream, evaluate_classifier
 
-from ..config import TaskConfig, TrainConfig
+from ..config import TrainConfig
+from ..task_options import ClassificationOptions
 from .base import Task
 
 __all__ = ["ClassificationOptions", "ClassificationTask"]
-
-
-@dataclasses.dataclass(frozen=True)
-class ClassificationOptions(TaskConfig, task="classification"):
-    label_smoothing: float = 0.0
-    aux_loss_weight: float = 0.01  # mixture-of-experts load balancing (Switch Transformer's alpha)
 
 
 class ClassificationTask(Task):

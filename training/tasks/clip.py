@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -18,17 +17,11 @@ from multimodal.losses import ClipLoss, SigLipLoss, cached_contrastive_backward,
 from multimodal.runs import get_tokenizer
 from multimodal.tokenizers import ClipTokenizer
 
-from ..config import TaskConfig, TrainConfig
+from ..config import TrainConfig
+from ..task_options import ClipOptions
 from .base import Task, collate_captions
 
 __all__ = ["ClipOptions", "ClipTask"]
-
-
-@dataclasses.dataclass(frozen=True)
-class ClipOptions(TaskConfig, task="clip"):
-    loss: Literal["clip", "siglip"] = "clip"  # the contrastive loss of the image and text towers
-    grad_cache_chunks: int = 1  # the exact gradient of a batch computed in this many chunks (GradCache)
-    zeroshot_splits: tuple[str, ...] = ()  # splits to zero-shot classify (default: data.eval_split)
 
 
 class ClipTask(Task):

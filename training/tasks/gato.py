@@ -20,13 +20,12 @@ The run saves its tokenizer as ``gato_tokenizer.json`` next to ``config.yaml``; 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,22 +42,13 @@ from multimodal.runs import load_gato_tokenizer
 from multimodal.tokenizers import ClipTokenizer, SubsetTokenizer
 from multimodal.tokenizers.gato import NUM_DISCRETE, TOKENIZER_FILE, GatoTokenizer, GatoTokens, collate_tokens
 
-from ..config import TaskConfig, TrainConfig
+from ..config import TrainConfig
+from ..task_options import GatoOptions
 from .base import Task
 
 __all__ = ["GatoOptions", "GatoTask", "split_batch"]
 
 RAW_PIXELS = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # (mean, std): pixels stay in [0, 1], the tokenizer normalises patches
-
-
-@dataclasses.dataclass(frozen=True)
-class GatoOptions(TaskConfig, task="gato"):
-    mixture: dict[str, float] = dataclasses.field(default_factory=dict)  # dataset card -> share of a batch
-    prompt_prob: float = 0.25  # share of control sequences prefixed with a demonstration of the same task
-    eval_episodes: int = 5  # rollouts per control dataset at each evaluation
-    eval_samples: int = 64  # images captioned at each evaluation
-    text_vocabulary: Literal["bpe", "captions"] = "bpe"  # open_clip's BPE, or only the captions' tokens
-    aux_loss_weight: float = 0.01  # experts' load balancing (Switch Transformer's alpha; token and task MoE)
 
 
 def split_batch(mixture: dict[str, float], batch_size: int) -> dict[str, int]:

@@ -19,22 +19,11 @@ from multimodal.data import SkipStats
 from multimodal.data.sequences import BOS, MarkovRepeats
 from multimodal.evaluation.circuits import next_token_losses, sequence_losses
 
-from ..config import TaskConfig, TrainConfig
+from ..config import TrainConfig
+from ..task_options import LmOptions
 from .base import Task
 
 EVAL_SEED = 1_000_000  # held-out sequences come from a stream no training batch uses
-
-
-@dataclasses.dataclass(frozen=True)
-class LmOptions(TaskConfig, task="lm"):
-    vocab_size: int = 64  # ids, BOS (0) included; written into model.args
-    min_period: int = 8  # each sequence says a segment of between min_period and max_period tokens twice
-    max_period: int = 24
-    score_period: int = 20  # head scores: BOS, then this many uniform random ids, twice
-    sharpness: float = 2.0  # std of the Markov chain's transition logits
-    second_order: float = 0.0  # weight of the token two back in them (0: a bigram chain)
-    chain_seed: int = 0  # the chain every run of the recipe shares
-    eval_sequences: int = 512
 
 
 class LmTask(Task):

@@ -9,7 +9,6 @@ Each wrapper's ``forward`` is its training loss, so a DDP/FSDP-wrapped model is 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -25,37 +24,11 @@ from multimodal.data.embeddings import ClipEmbeddings
 from multimodal.pipelines.unclip import clip_image_embeddings
 from multimodal.runs import cached_clip_embeddings, get_tokenizer, read_run_config
 
-from ..config import TaskConfig, TrainConfig
+from ..config import TrainConfig
+from ..task_options import DecoderOptions, PriorOptions, UpsamplerOptions
 from .base import UNIT_RANGE, Task, collate_captions
 
 __all__ = ["DecoderOptions", "DecoderTask", "PriorOptions", "PriorTask", "UpsamplerOptions", "UpsamplerTask"]
-
-
-@dataclasses.dataclass(frozen=True)
-class _SamplingOptions(TaskConfig):
-    eval_samples: int = 64  # evaluation samples drawn at each evaluation
-    sample_steps: int = 25  # DPM-Solver++ steps of evaluation samples
-
-
-@dataclasses.dataclass(frozen=True)
-class _ClipConditionedOptions(_SamplingOptions):
-    clip: str | None = None  # the frozen CLIP's run directory
-    guidance_scale: float = 3.0  # classifier-free guidance of evaluation samples
-
-
-@dataclasses.dataclass(frozen=True)
-class PriorOptions(_ClipConditionedOptions, task="unclip_prior"):
-    """The prior's options: the CLIP it is conditioned on and the sampling settings."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DecoderOptions(_ClipConditionedOptions, task="unclip_decoder"):
-    """The decoder's options: the CLIP it is conditioned on and the sampling settings."""
-
-
-@dataclasses.dataclass(frozen=True)
-class UpsamplerOptions(_SamplingOptions, task="unclip_upsampler"):
-    """The upsampler's options: the sampling settings alone."""
 
 
 class _ClipConditioned(Task):
