@@ -385,19 +385,10 @@ class CLIP(nn.Module):
         """This model's weights under open_clip's names and shapes, for ``open_clip.CLIP.load_state_dict``.
 
         The open_clip model must match: ``quick_gelu`` for act="quick_gelu", ``no_ln_pre`` for pre_norm=False,
-        ``pool_type="avg", final_ln_after_pool=True`` for pool="mean". Conv stems, attention pooling and timm towers
-        have no open_clip counterpart.
+        ``pool_type="avg", final_ln_after_pool=True`` for pool="mean" (:meth:`to_open_clip_config` gives it all).
+        Conv stems, attention pooling and timm towers have no open_clip counterpart.
         """
-        vision = self.cfg.vision
-        unsupported = {
-            "vision.timm_model": vision.timm_model is not None,
-            "vision.model": vision.model is not None,
-            "vision.stem='conv'": vision.stem == "conv",
-            "vision.pool='attn'": vision.pool == "attn",
-        }
-        if any(unsupported.values()):
-            names = ", ".join(k for k, v in unsupported.items() if v)
-            raise ValueError(f"{names} has no open_clip counterpart; only open_clip-shaped ViT CLIPs can be exported")
+        self._check_open_clip_counterpart()
         names = _open_clip_names(self.cfg)
         out = {}
         for ours, tensor in self.state_dict().items():
@@ -405,6 +396,71 @@ class CLIP(nn.Module):
             to_theirs = _RESHAPES.get(theirs, (None, None))[1]
             out[theirs] = to_theirs(tensor).contiguous() if to_theirs else tensor
         return out
+
+    def to_open_clip_config(self) -> dict[str, Any]:
+        """open_clip's ``model_cfg`` of this architecture (what an ``open_clip_config.json`` holds): with it,
+        ``open_clip.model.CLIP(**cfg)`` is the model :meth:`to_open_clip_state_dict` loads into, strictly.
+
+        open_clip has one activation for both towers (``quick_gelu``); towers with different ones are refused.
+        """
+        self._check_open_clip_counterpart()
+        v, t = self.cfg.vision, self.cfg.text
+        if v.act != t.act:
+            raise ValueError(
+                f"vision.act={v.act!r} and text.act={t.act!r} differ; open_clip has one activation for both towers"
+            )
+        cfg = {
+            "embed_dim": self.cfg.embed_dim,
+            "quick_gelu": v.act == "quick_gelu",
+            "vision_cfg": {
+                "image_size": v.img_size,
+                "patch_size": v.patch_size,
+                "width": v.width,
+                "layers": v.layers,
+                "head_width": v.width // v.heads,  # open_clip's heads = width // head_width
+                "mlp_ratio": v.mlp_ratio,
+                "ls_init_value": v.layer_scale_init,
+                "no_ln_pre": not v.pre_norm,
+                "pool_type": "avg" if v.pool == "mean" else "tok",
+                "final_ln_after_pool": v.pool == "mean",
+                "attentional_pool": False,
+                "pos_embed_type": "learnable",
+                "norm_kwargs": {"eps": v.norm_eps},
+            },
+            "text_cfg": {
+                "context_length": t.context_length,
+                "vocab_size": t.vocab_size,
+                "width": t.width,
+                "heads": t.heads,
+                "layers": t.layers,
+                "mlp_ratio": t.mlp_ratio,
+                "ls_init_value": t.layer_scale_init,
+                "proj_bias": t.proj_bias,
+                "pool_type": "argmax",
+                "final_ln_after_pool": False,
+                "no_causal_mask": False,
+                "embed_cls": False,
+                "norm_kwargs": {"eps": t.norm_eps},
+            },
+        }
+        if self.cfg.init_logit_bias is not None:
+            cfg["init_logit_bias"] = self.cfg.init_logit_bias  # open_clip makes a logit_bias only when given one
+        return cfg
+
+    def _check_open_clip_counterpart(self) -> None:
+        """A ValueError naming what open_clip's CLIP cannot express: towers from timm or the registry (AA-ResNet,
+        STN, ...), conv stems, attention pooling."""
+        vision = self.cfg.vision
+        if vision.timm_model is not None or vision.model is not None:  # the tower's own stem and pooling: moot
+            unsupported = {
+                f"vision.timm_model={vision.timm_model!r}": vision.timm_model is not None,
+                f"vision.model={vision.model!r}": vision.model is not None,
+            }
+        else:
+            unsupported = {"vision.stem='conv'": vision.stem == "conv", "vision.pool='attn'": vision.pool == "attn"}
+        if any(unsupported.values()):
+            names = ", ".join(k for k, v in unsupported.items() if v)
+            raise ValueError(f"{names} has no open_clip counterpart; only open_clip-shaped ViT CLIPs can be exported")
 
 
 # open_clip <-> ours: shape changes by open_clip name, (to ours, to theirs).

@@ -265,6 +265,56 @@ class VisionTransformer(nn.Module):
     def to_timm_state_dict(self) -> dict[str, Tensor]:
         """This ViT's weights under timm's ``VisionTransformer`` names (the inverse of :meth:`from_timm`)."""
         cfg = self.cfg
+        self._check_timm_counterpart()
+        out = {}
+        for name, tensor in self.state_dict().items():
+            name = name.replace("transformer.blocks.", "blocks.", 1)
+            if cfg.pool == "mean":
+                name = re.sub(r"^norm\.", "fc_norm.", name)
+            out[name] = tensor.clone()
+        return out
+
+    def to_timm_model_args(self) -> dict[str, Any]:
+        """Keyword arguments of timm's ``VisionTransformer`` (and of any ``vit_*`` model name, whose defaults they
+        override) that build this architecture, into which :meth:`to_timm_state_dict` loads strictly.
+
+        Besides what :meth:`to_timm_state_dict` refuses, timm cannot express a norm eps other than its 1e-6, a patch
+        bias that is not ``not pre_norm`` (timm ties the two), or a bias-free head; those are ValueErrors.
+        """
+        self._check_timm_counterpart()
+        cfg = self.cfg
+        unsupported = {
+            f"norm_eps={cfg.norm_eps} (timm's ViT norms use 1e-6)": cfg.norm_eps != 1e-6,
+            f"patch_bias={cfg.patch_bias} with pre_norm={cfg.pre_norm} (timm's patch bias is `not pre_norm`)": (
+                cfg.patch_bias == cfg.pre_norm
+            ),
+            "head_bias=False (timm's head has a bias)": not cfg.head_bias and cfg.num_classes > 0,
+        }
+        if any(unsupported.values()):
+            bad = ", ".join(k for k, v in unsupported.items() if v)
+            raise ValueError(f"timm's VisionTransformer has no equivalent of {bad}")
+        args: dict[str, Any] = {
+            "img_size": cfg.img_size,
+            "patch_size": cfg.patch_size,
+            "in_chans": cfg.in_chans,
+            "num_classes": cfg.num_classes,
+            "global_pool": "avg" if cfg.pool == "mean" else "token",
+            "embed_dim": cfg.dim,
+            "depth": cfg.depth,
+            "num_heads": cfg.heads,
+            "mlp_ratio": cfg.mlp_ratio,
+            "qkv_bias": cfg.qkv_bias,
+            "class_token": cfg.class_token,
+            "pre_norm": cfg.pre_norm,
+            "init_values": cfg.layer_scale_init,
+        }
+        if cfg.act == "quick_gelu":
+            args["act_layer"] = "quick_gelu"
+        return args
+
+    def _check_timm_counterpart(self) -> None:
+        """A ValueError naming what timm's ``VisionTransformer`` has no equivalent of (stems, pooling, norms, MLPs)."""
+        cfg = self.cfg
         unsupported = {
             "stem": cfg.stem != "patch",
             "pool": cfg.pool == "attn",
@@ -275,13 +325,6 @@ class VisionTransformer(nn.Module):
         if any(unsupported.values()):
             bad = ", ".join(f"{k}={getattr(cfg, k)!r}" for k, v in unsupported.items() if v)
             raise ValueError(f"timm's VisionTransformer has no equivalent of {bad}")
-        out = {}
-        for name, tensor in self.state_dict().items():
-            name = name.replace("transformer.blocks.", "blocks.", 1)
-            if cfg.pool == "mean":
-                name = re.sub(r"^norm\.", "fc_norm.", name)
-            out[name] = tensor.clone()
-        return out
 
 
 def _timm_to_ours(name: str, cfg: VitConfig) -> str:
