@@ -30,6 +30,6 @@ def test_a_module_and_a_package_import_their_exports_on_first_read() -> None:
 def test_an_unknown_name_is_an_attribute_error() -> None:
     import multimodal.data
 
-    with pytest.raises(AttributeError, match="module 'multimodal.data' has no attribute 'load_cards'"):
+    with pytest.raises(AttributeError, match=r"module 'multimodal\.data' has no attribute 'load_cards'"):
         multimodal.data.load_cards  # noqa: B018
     assert not hasattr(multimodal.data, "nothing_here")

@@ -1,8 +1,8 @@
 """The demo page in a real browser: `python -m multimodal.web` on a tiny unCLIP pipeline, driven through Debian's
 headless Chromium and chromedriver (selenium; Selenium Manager never runs, so nothing is downloaded). Typing a prompt
 and clicking Generate shows the decoded images; an empty prompt, too many images and a file that is not an image show
-the server's one-line message on the page; an uploaded image gets its zero-shot table. With WEB_DEMO_SCREENSHOT=PATH the page is
-saved there as a PNG at the end (README's docs/web-demo.png)."""
+the server's one-line message on the page; an uploaded image gets its zero-shot table. With WEB_DEMO_SCREENSHOT=PATH
+the page is saved there as a PNG at the end."""
 
 from __future__ import annotations
 
