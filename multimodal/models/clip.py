@@ -460,7 +460,10 @@ class CLIP(nn.Module):
             unsupported = {"vision.stem='conv'": vision.stem == "conv", "vision.pool='attn'": vision.pool == "attn"}
         if any(unsupported.values()):
             names = ", ".join(k for k, v in unsupported.items() if v)
-            raise ValueError(f"{names} has no open_clip counterpart; only open_clip-shaped ViT CLIPs can be exported")
+            raise ValueError(
+                f"{names} has no open_clip counterpart: open_clip takes this suite's ViT tower with the patchify stem "
+                "and class-token or mean pooling (train with model.args.vision.stem=patch to export)"
+            )
 
 
 # open_clip <-> ours: shape changes by open_clip name, (to ours, to theirs).
