@@ -89,7 +89,7 @@ def main() -> int:
             wait.until(lambda d: d.find_element(By.ID, "gen-status").text.startswith("done"))
             caption = a_test_image(work / "test-image.png")
             driver.find_element(By.ID, "zs-image").send_keys(str(work / "test-image.png"))
-            fill("zs-labels", "red circle, green square, blue triangle, yellow star, purple diamond, orange cross")
+            fill("zs-labels", "purple star, purple diamond, yellow star, red circle, blue triangle, green square")
             driver.find_element(By.ID, "zs-button").click()
             wait.until(lambda d: d.find_element(By.ID, "zs-table").is_displayed())
             fill("search-text", "a blue triangle")
