@@ -34,8 +34,16 @@ def commands(recipe: Path) -> dict[str, list[str]]:
     return out
 
 
+def has_module(checkout: Path, module: str) -> bool:
+    """Whether ``checkout`` holds ``module`` itself (the editable install would find this checkout's otherwise)."""
+    path = checkout.joinpath(*module.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
 def seconds(argv: list[str], cwd: Path) -> float | None:
     """Wall time of ``python ARGV`` run in ``cwd``; None when that checkout has no such module."""
+    if argv[0] == "-m" and not has_module(cwd, argv[1]):
+        return None
     start = time.perf_counter()
     done = subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True)
     elapsed = time.perf_counter() - start

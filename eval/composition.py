@@ -58,7 +58,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pipe, judge, n=args.n, steps=args.steps, prior_guidance=args.prior_guidance,
         decoder_guidance=args.decoder_guidance, seed=args.seed, dataset=args.dataset, upsample=not args.no_upsample,
     )  # fmt: skip
-    results.update({"checkpoint": str(args.checkpoint), "judge": str(args.judge), "sampler": args.sampler})
+    results.update(
+        {"checkpoint": str(args.checkpoint), "judge": [str(run) for run in args.judge], "sampler": args.sampler}
+    )
     print(f"composition {args.checkpoint} ({args.sampler}, {args.steps} steps, {args.n} images per pair)")
     write_result(args, "composition.json", results, table=format_table(results))
     return results

@@ -4,8 +4,9 @@ For every colour-shape pair of the shapes card (the pairs seen in training and t
 generates ``--n`` images from the prompt "a {colour} {shape}" and reports:
 
 - prompt accuracy: the share of images whose colour and shape, judged by an independently trained shapes classifier
-  (``--judge``, a run of configs/vision/*-shapes.yaml, 36 colour-shape classes), match the prompt; colour and shape
-  accuracy apart;
+  (``--judge``, a run of configs/vit/shapes.yaml or configs/vision/*-shapes.yaml, 36 colour-shape classes), match the
+  prompt; colour and shape accuracy apart. A 36-way judge never saw the held-out pairs and never predicts them: to
+  judge those, pass ``--judge`` twice, a classifier of ``data.label=color`` and one of ``data.label=shape``;
 - CLIP score: the cosine of the image's and the prompt's CLIP embeddings (this suite's CLIP, the one the stack was
   trained on), beside the same for real test images and their captions;
 - a Frechet distance to real shapes test images in the judge's penultimate feature space, labelled as such (it is not
@@ -21,6 +22,8 @@ Results go to ``RUN/eval/generation.json`` (or ``--out``) and a grid per conditi
 from __future__ import annotations
 
 import argparse
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,33 +33,56 @@ from multimodal.models.samplers import SAMPLERS
 if TYPE_CHECKING:
     import torch
 
-    from multimodal.evaluation import Judge
+    from multimodal.evaluation import Judge, PairJudge
 
 from .common import add_common_options, cli_parser, result_path, run_cli, write_result
 
 __all__ = ["add_judging_options", "format_table", "load_judge", "main"]
 
 
-def load_judge(run: str | Path, *, device: torch.device | str = "cpu") -> Judge:
-    """The :class:`~multimodal.evaluation.Judge` of ``--judge``: a shapes classifier run (36 colour-shape classes)."""
-    from multimodal.evaluation import Judge
+def load_judge(runs: str | Path | Sequence[str | Path], *, device: torch.device | str = "cpu") -> Judge | PairJudge:
+    """The judge of ``--judge``: one shapes classifier of the 36 colour-shape classes (a
+    :class:`~multimodal.evaluation.Judge`), or two, one of ``color`` and one of ``shape`` (in either order: a
+    :class:`~multimodal.evaluation.PairJudge`, which also judges colour-shape pairs no training image shows)."""
+    from multimodal.evaluation import Judge, PairJudge
     from multimodal.runs import load_checkpoint, read_run_config
 
-    cfg = read_run_config(run, task="classification")
-    data = cfg.get("data", {})
-    if data.get("label") != "color_shape":
-        raise ConfigError(
-            f"--judge {run} was trained on label {data.get('label')!r}; it must classify color_shape "
-            "(e.g. a run of configs/vision/resnet18-shapes.yaml)"
+    runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
+    judges = {}
+    for run in runs:
+        data = read_run_config(run, task="classification").get("data", {})
+        label = data.get("label")
+        if label not in ("color_shape", "color", "shape") or label in judges:
+            raise ConfigError(
+                f"--judge {run} was trained on label {label!r}; give one color_shape classifier (e.g. a run of "
+                "configs/vit/shapes.yaml) or two, one of data.label=color and one of data.label=shape"
+            )
+        model = load_checkpoint(run, device=device)
+        size = int(data.get("image_size", 32))
+        judges[label] = Judge(model, image_size=size, mean=data["mean"], std=data["std"], device=device)
+    if set(judges) == {"color_shape"}:
+        warnings.warn(
+            f"--judge {runs[0]} classifies the 36 colour-shape pairs and never saw the held-out ones, so it never "
+            "predicts them: held-out prompt accuracy reads 0 whatever the images show; pass --judge twice, a "
+            "data.label=color and a data.label=shape classifier, to measure it",
+            stacklevel=2,
         )
-    model = load_checkpoint(run, device=device)
-    return Judge(model, image_size=int(data.get("image_size", 32)), mean=data["mean"], std=data["std"], device=device)
+        return judges["color_shape"]
+    if set(judges) == {"color", "shape"}:
+        return PairJudge(judges["color"], judges["shape"])
+    raise ConfigError(
+        f"--judge got classifiers of {sorted(judges)}: give one color_shape classifier, or a color and a shape one"
+    )
 
 
 def add_judging_options(parser: argparse.ArgumentParser, *, n: int, n_help: str, guidance: bool) -> None:
     """The options of the CLIs that sample an unCLIP stack and judge its images: --judge, --n, --steps, --seed, and
     with ``guidance`` --sampler, --prior-guidance and --decoder-guidance."""
-    parser.add_argument("--judge", required=True, help="run directory of a shapes color_shape classifier")
+    parser.add_argument(
+        "--judge", required=True, action="append",
+        help="run directory of a shapes color_shape classifier, or --judge twice: a color and a shape classifier "
+        "(these judge held-out pairs too)",
+    )  # fmt: skip
     parser.add_argument("--n", type=int, default=n, help=n_help)
     parser.add_argument("--steps", type=int, default=25, help="denoising steps of each stage")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the samples")
@@ -106,7 +132,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         decoder_guidance=args.decoder_guidance, seed=args.seed, ablation=not args.no_ablation,
         inception=inception, grid_dir=out.parent, grid_prefix=f"{out.stem}-", dataset=args.dataset,
     )  # fmt: skip
-    results.update({"checkpoint": str(args.checkpoint), "decoder": args.decoder, "judge": str(args.judge),
+    judge_runs = [str(run) for run in args.judge]
+    results.update({"checkpoint": str(args.checkpoint), "decoder": args.decoder, "judge": judge_runs,
                     "sampler": args.sampler})  # fmt: skip
     print(f"generation {args.checkpoint} ({args.sampler}, {args.steps} steps, {args.n} images per prompt)")
     write_result(args, "generation.json", results, table=format_table(results))

@@ -72,7 +72,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "seen_shape": result["prior"]["seen"]["shape_accuracy"],
         })  # fmt: skip
         print(f"decoder step {state['step']}: {points[-1]}", flush=True)
-    out = {"checkpoint": str(root), "judge": str(args.judge), "stage_seconds": fixed, "points": points}
+    out = {
+        "checkpoint": str(root),
+        "judge": [str(run) for run in args.judge],
+        "stage_seconds": fixed,
+        "points": points,
+    }
     write_result(args, "curve.json", out)
     plot_curve(points, root / "eval" / "curve.png")
     print("| decoder step | stack minutes | seen prompt acc | colour | shape | held-out prompt acc |")

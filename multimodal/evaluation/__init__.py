@@ -5,7 +5,7 @@ from .captioning import evaluate_captioning
 from .classification import eval_stream, evaluate_classifier
 from .composition import diagnose_composition
 from .control import evaluate_control
-from .generation import InceptionFeatures, Judge, evaluate_generation, frechet_distance, prompt_set
+from .generation import InceptionFeatures, Judge, PairJudge, evaluate_generation, frechet_distance, prompt_set
 from .metrics import classification_metrics, gather_rows
 from .retrieval import recall_at_k, retrieval_evaluate
 from .zeroshot import card_prompts, topk_key, zeroshot_evaluate
@@ -13,6 +13,7 @@ from .zeroshot import card_prompts, topk_key, zeroshot_evaluate
 __all__ = [
     "InceptionFeatures",
     "Judge",
+    "PairJudge",
     "card_prompts",
     "classification_metrics",
     "diagnose_composition",

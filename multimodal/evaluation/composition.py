@@ -26,7 +26,7 @@ from torch import Tensor
 from ..data import SampleDecoder, load_card
 from ..data.cards import ensure_dataset
 from .classification import eval_stream
-from .generation import PROMPT_TEMPLATE, Judge, pair_accuracies, prompt_set
+from .generation import PROMPT_TEMPLATE, Judge, PairJudge, pair_accuracies, prompt_set
 
 __all__ = ["COMPOSES", "class_images", "diagnose_composition", "verdict"]
 
@@ -63,7 +63,7 @@ def _accuracies(pred: Tensor, label: Tensor) -> dict[str, float]:
 @torch.no_grad()
 def diagnose_composition(
     pipe: Any,
-    judge: Judge,
+    judge: Judge | PairJudge,
     *,
     n: int = 8,
     steps: int = 25,

@@ -34,7 +34,7 @@ from ..pipelines.unclip import to_pil_images
 from ..tokenizers import ClipTokenizer
 from .classification import eval_stream
 
-__all__ = ["InceptionFeatures", "Judge", "evaluate_generation", "frechet_distance", "prompt_set"]
+__all__ = ["InceptionFeatures", "Judge", "PairJudge", "evaluate_generation", "frechet_distance", "prompt_set"]
 
 PROMPT_TEMPLATE = "a {}"
 
@@ -81,6 +81,22 @@ class Judge:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
         logits = self.model(((x * 0.5 + 0.5) - self.mean) / self.std)
         return logits.argmax(dim=-1), self.features
+
+
+class PairJudge:
+    """Colour and shape judged apart, by a classifier of each (``color``: 6 colours, ``shape``: 6 shapes): the
+    colour-shape class is ``colour * 6 + shape``, as :class:`Judge` gives it. A 36-way judge trained on the shapes
+    train split has never seen the held-out pairs and so never predicts them (its accuracy on real held-out images is
+    0); each colour and each shape occurs in training, so this one judges a held-out pair as it judges any other."""
+
+    def __init__(self, color: Judge, shape: Judge) -> None:
+        self.color, self.shape = color, shape
+
+    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Images (B, 3, H, W) in [-1, 1] -> colour-shape classes (B,) and both judges' features side by side."""
+        color, color_features = self.color(images)
+        shape, shape_features = self.shape(images)
+        return color * 6 + shape, torch.cat([color_features, shape_features], dim=1)
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -149,7 +165,7 @@ def _real_images(card_name: str, n: int, size: int) -> tuple[Tensor, list[str], 
 @torch.no_grad()
 def evaluate_generation(
     pipe: Any,
-    judge: Judge,
+    judge: Judge | PairJudge,
     *,
     n: int = 8,
     steps: int = 25,
@@ -197,7 +213,7 @@ def evaluate_generation(
 
 def _generate_and_judge(
     pipe: Any,
-    judge: Judge,
+    judge: Judge | PairJudge,
     prompts: list[tuple[str, int]],
     *,
     from_prior: bool,
@@ -249,7 +265,7 @@ def pair_accuracies(pred: Tensor, label: Tensor) -> dict[str, float]:
 
 
 def _judge_real_images(
-    pipe: Any, judge: Judge, dataset: str, count: int, size: int, inception: InceptionFeatures | None
+    pipe: Any, judge: Judge | PairJudge, dataset: str, count: int, size: int, inception: InceptionFeatures | None
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
     """The reference row of ``count`` real test images at ``size`` px (the judge's accuracy on them, the CLIP score
     of their captions), with their judge features (N, D) and Inception features (N, 2048) to measure against."""

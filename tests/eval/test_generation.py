@@ -10,7 +10,7 @@ from PIL import Image
 from torch import nn
 
 from eval.generation_curve import plot_curve
-from multimodal.evaluation import Judge, evaluate_generation, frechet_distance, prompt_set
+from multimodal.evaluation import Judge, PairJudge, evaluate_generation, frechet_distance, prompt_set
 from tests.pipelines.test_unclip import tiny_pipeline
 
 
@@ -41,12 +41,13 @@ def test_plot_curve_writes_a_png(tmp_path):
 
 
 class Always(nn.Module):
-    """A "classifier" of 36 colour-shape classes that always answers class ``k`` (its head: zero weights, one bias)."""
+    """A "classifier" of ``classes`` classes (36 colour-shape ones by default) that always answers class ``k`` (its
+    head: zero weights, one bias)."""
 
-    def __init__(self, k: int) -> None:
+    def __init__(self, k: int, classes: int = 36) -> None:
         super().__init__()
         self.body = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
-        self.head = nn.Linear(4, 36)
+        self.head = nn.Linear(4, classes)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
         self.head.bias.data[k] = 1.0
@@ -71,3 +72,11 @@ def test_evaluate_generation_scores_every_prompt_and_writes_grids(tiny_shapes, t
             width, height = Image.open(tmp_path / f"g-{cond}-{split}.png").size
             assert height > width  # one row per prompt (6 or 30), n = 2 columns
     assert results["real"]["n"] == 40 and 0 <= results["real"]["judge_accuracy"] <= 1
+
+
+def test_a_colour_judge_and_a_shape_judge_give_the_colour_shape_class():
+    color = Judge(Always(2, classes=6), image_size=8, mean=[0.5] * 3, std=[0.5] * 3)  # always blue
+    shape = Judge(Always(3, classes=6), image_size=8, mean=[0.5] * 3, std=[0.5] * 3)  # always star
+    classes, features = PairJudge(color, shape)(torch.rand(5, 3, 16, 16) * 2 - 1)
+    assert classes.tolist() == [2 * 6 + 3] * 5  # "blue star" in the card's colour-major order
+    assert features.shape == (5, 8)  # both judges' 4 penultimate features

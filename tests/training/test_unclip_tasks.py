@@ -190,3 +190,26 @@ def test_eval_generation_reports_every_metric(stack, tiny_shapes, tmp_path):
         assert results[cond]["seen"]["fd_judge_features"] >= 0
     assert 0 <= results["real"]["judge_accuracy"] <= 1
     assert (tmp_path / "prior-seen.png").is_file()
+
+
+def test_load_judge_takes_a_pair_classifier_or_a_colour_and_a_shape_one(tiny_shapes, tmp_path):
+    from eval.generation import load_judge
+    from multimodal.config import ConfigError
+    from multimodal.evaluation import Judge, PairJudge
+
+    for label in ("color_shape", "color", "shape"):
+        recipe = tiny_recipe(tiny_shapes, tmp_path / label, train={"steps": 2, "checkpoint_every": 0})
+        recipe["data"]["label"] = label
+        train_recipe(tmp_path, recipe)
+    with pytest.warns(UserWarning, match="never saw the held-out ones"):
+        assert isinstance(load_judge(tmp_path / "color_shape"), Judge)
+    pair = load_judge([tmp_path / "shape", tmp_path / "color"])  # either order
+    assert (
+        isinstance(pair, PairJudge) and pair.color.model.head.out_features == pair.shape.model.head.out_features == 6
+    )
+    classes, _ = pair(torch.rand(4, 3, 16, 16) * 2 - 1)
+    assert classes.shape == (4,) and ((0 <= classes) & (classes < 36)).all()
+    with pytest.raises(ConfigError, match=r"--judge got classifiers of \['color'\]"):
+        load_judge([tmp_path / "color"])
+    with pytest.raises(ConfigError, match="was trained on label 'color'; give one color_shape classifier"):
+        load_judge([tmp_path / "color", tmp_path / "color"])
