@@ -208,7 +208,7 @@ def test_load_judge_takes_a_pair_classifier_or_a_colour_and_a_shape_one(tiny_sha
         isinstance(pair, PairJudge) and pair.color.model.head.out_features == pair.shape.model.head.out_features == 6
     )
     classes, _ = pair(torch.rand(4, 3, 16, 16) * 2 - 1)
-    assert classes.shape == (4,) and ((0 <= classes) & (classes < 36)).all()
+    assert classes.shape == (4,) and ((classes >= 0) & (classes < 36)).all()
     with pytest.raises(ConfigError, match=r"--judge got classifiers of \['color'\]"):
         load_judge([tmp_path / "color"])
     with pytest.raises(ConfigError, match="was trained on label 'color'; give one color_shape classifier"):
