@@ -115,7 +115,6 @@ def _clip_benchmark(root: Path, dataset: str, task: str) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.slow
 def test_clip_benchmark_on_the_exports_matches_eval_zeroshot_and_eval_retrieval(
     bench, tiny_shapes, offline, clean_accelerate
 ):
