@@ -90,9 +90,8 @@ test-browser: setup
 		chromium chromium-driver; }
 	$(PY) -m pytest -q -m "browser and not slow"
 
-test-slow: setup $(TL_STAMP)  # the long fault-injection runs (many random SIGKILLs, accelerate launch losing a worker)
-	$(PY) -m pytest -q -m "slow and not transformer_lens and not clip_benchmark and not browser"
-	$(TL_PY) -m pytest -q -m "slow and (transformer_lens or clip_benchmark)"
+test-slow: setup  # the long fault-injection runs (many random SIGKILLs, accelerate launch losing a worker)
+	$(PY) -m pytest -q -m slow
 
 readme-check: setup  # after `make demo`: every command of README.md, in order, on a copy of the demo's runs
 	$(PY) -m tests.readme
