@@ -26,9 +26,6 @@ refused unless ``--force``, which replaces it.
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
-import shutil
 import sys
 import warnings
 from collections.abc import Callable
@@ -303,23 +300,12 @@ def _write(folder: Path, config_name: str, config: dict[str, Any], weights_name:
 
 
 def _publish(out: Path, fill: Callable[[Path], Any]) -> Path:
-    """Have ``fill`` write a new hidden folder beside ``out``, then rename it onto ``out`` (an existing ``out`` is
-    moved aside first and removed after): ``out`` is the old folder or the complete new one, never half of one."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stem = f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}"
-    tmp, old = out.with_name(f"{stem}.tmp"), out.with_name(f"{stem}.old")
-    tmp.mkdir()
-    try:
+    """Have ``fill`` write the folder ``out`` as a whole (:func:`~multimodal.io.atomic_dir`): the old folder or the
+    complete new one, never half of one."""
+    from .io import atomic_dir
+
+    with atomic_dir(out) as tmp:
         fill(tmp)
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out.exists():
-            old.rename(out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
     return out
 
 

@@ -11,6 +11,8 @@ checkpoints and shards ask for).
 >>> with atomic_path(run_dir / "model.safetensors") as tmp:  # for writers that want a file name
 ...     shutil.copyfile(checkpoint / "model.safetensors", tmp)
 
+:func:`atomic_dir` does the same for a whole folder (an export, a dataset written in a new layout).
+
 ``torch.save`` through :func:`atomic_path` names its zip records after the temporary file; ``torch.load`` does not
 mind, but the bytes differ from those of a direct ``torch.save`` in those names.
 """
@@ -22,6 +24,8 @@ import fcntl
 import json
 import locale
 import os
+import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,6 +80,29 @@ def exclusive_lock(path: str | os.PathLike[str]) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike[str]) -> Iterator[Path]:
+    """A new hidden folder beside ``out`` to fill; when the block ends, it is renamed onto ``out`` (an existing
+    ``out`` is moved aside first and removed after), so ``out`` is the old folder or the complete new one, never half
+    of one. On an exception the new folder is removed and ``out`` left as it was."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stem = f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}"
+    tmp, old = out.with_name(f"{stem}.tmp"), out.with_name(f"{stem}.old")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out.exists():
+            old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = False) -> None:

@@ -19,6 +19,7 @@ from safetensors.torch import save
 
 import multimodal.io
 from multimodal.io import (
+    atomic_dir,
     atomic_path,
     atomic_save_image,
     atomic_save_safetensors,
@@ -228,3 +229,16 @@ def test_exclusive_lock_makes_a_second_holder_wait_for_the_first(tmp_path):
 def exclusive_lock_and_note(lock: Path, order: list[str]) -> None:
     with exclusive_lock(lock):  # flock locks belong to the open file, so another open() here waits as a process would
         order.append("second held")
+
+
+def test_atomic_dir_replaces_a_folder_whole_or_not_at_all(tmp_path):
+    out = tmp_path / "export"
+    (out / "old.txt").parent.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(out) as tmp:
+        (tmp / "new.txt").write_text("half")
+        raise RuntimeError("killed mid-way")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"] and (out / "old.txt").read_text() == "old"
+    with atomic_dir(out) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"] and [p.name for p in out.iterdir()] == ["new.txt"]

@@ -22,22 +22,19 @@ a PNG of the RGB image this project's decoder makes of it. The folder is built b
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
-import os
 import re
-import secrets
-import shutil
 import string
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..cli import HelpFormatter, run_cli
 from ..config import ConfigError
+from ..io import atomic_dir
 from .constants import IMAGE_KEYS
 
 if TYPE_CHECKING:  # torch, webdataset and PIL are imported where they are used: --help needs none of them
@@ -361,7 +358,7 @@ def export_benchmark(
     ensure_dataset(card, progress=progress)
 
     prepare = _ExportSample(card, label, kind, image_format)
-    with _new_folder(out) as tmp:
+    with atomic_dir(out) as tmp:
         written = {s: _export_split(card, s, tmp / s, prepare, samples_per_shard, progress) for s in splits}
         if label is not None:
             _write_lines(tmp / CLASSNAMES, classnames)
@@ -410,28 +407,6 @@ def _write_lines(path: Path, lines: Sequence[str]) -> None:
     from ..io import atomic_write_bytes
 
     atomic_write_bytes(path, "".join(f"{line}\n" for line in lines).encode("utf-8"))
-
-
-@contextlib.contextmanager
-def _new_folder(out: Path) -> Iterator[Path]:
-    """A hidden folder beside ``out`` to fill; when the block ends, it is renamed onto ``out`` (an existing ``out`` is
-    moved aside first and removed after), so ``out`` is the old folder or the complete new one, never half of one. On
-    an exception the new folder is removed and ``out`` left as it was."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stem = f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}"
-    tmp, old = out.with_name(f"{stem}.tmp"), out.with_name(f"{stem}.old")
-    tmp.mkdir()
-    try:
-        yield tmp
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out.exists():
-            old.rename(out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # -- command line ----------------------------------------------------------------------------------------------------
