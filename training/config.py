@@ -137,9 +137,12 @@ class OptimConfig(Config):
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    # wsd: warmup, then stable at lr, then a linear decay to min_lr_ratio over the last decay_fraction of the steps
+    # (Hagele et al. 2024); the CPU CLIP recipes learn shapes late, which a decay from the start (cosine) cuts short
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
+    decay_fraction: float = 0.2  # wsd only
     grad_clip: float | None = 1.0
     # learning-rate multipliers by parameter-name prefix, e.g. {"st.": 0.1}: a spatial transformer's localisation net
     # learning ten times slower than the model behind it; the longest matching prefix wins
@@ -188,6 +191,7 @@ class TrainConfig(Config):
             (self.data.num_workers >= 0, "data.num_workers must be >= 0"),
             (self.optim.accum >= 1, "optim.accum must be >= 1"),
             (self.optim.lr > 0, "optim.lr must be > 0"),
+            (0.0 < self.optim.decay_fraction <= 1.0, "optim.decay_fraction must be in (0, 1]"),
             (0.0 <= self.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)"),
             (self.train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
             (self.train.max_bad_steps >= 1, "train.max_bad_steps must be >= 1"),

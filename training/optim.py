@@ -1,4 +1,4 @@
-"""AdamW with the usual exclusions from weight decay, and a warmup + cosine (or linear, constant) schedule."""
+"""AdamW with the usual exclusions from weight decay, and a warmup + cosine (or linear, constant, wsd) schedule."""
 
 from __future__ import annotations
 
@@ -63,12 +63,20 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None)
 
 
-def lr_factor(step: int, *, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
+def lr_factor(
+    step: int, *, total: int, warmup: int, schedule: str, min_ratio: float, decay_fraction: float = 0.2
+) -> float:
     """Multiplier of the base learning rate at optimizer step ``step``."""
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
         return 1.0
+    if schedule == "wsd":
+        decay = max(1, round(decay_fraction * (total - warmup)))
+        start = total - decay
+        if step < start:
+            return 1.0
+        return min_ratio + (1.0 - min_ratio) * max(0.0, 1.0 - (step - start + 1) / decay)
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
     return min_ratio + (1.0 - min_ratio) * shape
@@ -76,6 +84,11 @@ def lr_factor(step: int, *, total: int, warmup: int, schedule: str, min_ratio: f
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int):
     factor = partial(
-        lr_factor, total=total_steps, warmup=cfg.warmup_steps, schedule=cfg.schedule, min_ratio=cfg.min_lr_ratio
+        lr_factor,
+        total=total_steps,
+        warmup=cfg.warmup_steps,
+        schedule=cfg.schedule,
+        min_ratio=cfg.min_lr_ratio,
+        decay_fraction=cfg.decay_fraction,
     )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

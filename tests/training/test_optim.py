@@ -11,7 +11,7 @@ from torch import nn
 
 import multimodal
 from multimodal.config import ConfigError
-from training.config import OptimConfig
+from training.config import OptimConfig, TrainConfig
 from training.optim import build_optimizer, build_scheduler, lr_factor, param_groups
 
 
@@ -42,6 +42,20 @@ def test_warmup_then_cosine_to_min_ratio():
     assert f(110) == pytest.approx(0.1)
     assert lr_factor(55, total=110, warmup=10, schedule="linear", min_ratio=0.0) == pytest.approx(1 - 45 / 100)
     assert lr_factor(99, total=110, warmup=0, schedule="constant", min_ratio=0.0) == 1.0
+
+
+def test_wsd_holds_the_lr_then_decays_linearly_over_the_last_fraction():
+    f = lambda s: lr_factor(s, total=110, warmup=10, schedule="wsd", min_ratio=0.1, decay_fraction=0.2)  # noqa: E731
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert [f(s) for s in (10, 50, 89)] == [1.0, 1.0, 1.0]  # stable: 100 steps after warmup, the last 20 decay
+    assert f(90) == pytest.approx(0.1 + 0.9 * 19 / 20)
+    assert f(99) == pytest.approx(0.1 + 0.9 * 10 / 20)
+    assert f(109) == pytest.approx(0.1)  # the last step is at min_lr_ratio
+
+
+def test_decay_fraction_out_of_range_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"optim\.decay_fraction must be in"):
+        TrainConfig.from_dict({"optim": {"schedule": "wsd", "decay_fraction": 0.0}})
 
 
 def test_scheduler_drives_optimizer_lr():
