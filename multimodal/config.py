@@ -253,13 +253,13 @@ def _coerce(value: Any, tp: Any, key: str, known: Sequence[str] = ()) -> Any:
         is_null = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
         if is_null and type(None) in args:
             return None
-        for arg in args:
-            if arg is type(None):
-                continue
+        options = [a for a in args if a is not type(None)]
+        for arg in options:
             try:
                 return _coerce(value, arg, key, known)
             except ConfigError:
-                continue
+                if len(options) == 1:  # X | None: X's own message says more than "expects X or NoneType"
+                    raise
         names = " or ".join(_type_name(a) for a in args)
         raise ConfigError(f"config key {key!r} expects {names}, got {value!r}")
     if origin is typing.Literal:
@@ -292,6 +292,13 @@ def _coerce(value: Any, tp: Any, key: str, known: Sequence[str] = ()) -> Any:
     if origin is dict or tp is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"config key {key!r} expects a mapping, got {value!r}")
+        squashed = next((k for k, v in value.items() if v is None and ":" in str(k)), None)
+        if squashed is not None:  # YAML reads {a:1} as the key "a:1" with no value
+            fixed = str(squashed).replace(":", ": ", 1)
+            raise ConfigError(
+                f"config key {key!r}: {str(squashed)!r} reads as a key without a value; YAML needs a space after "
+                f"the colon: {{{fixed}}}"
+            )
         if len(args) == 2:
             return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
         return dict(value)

@@ -17,6 +17,7 @@ class Optim(Config):
     betas: tuple[float, float] = (0.9, 0.999)
     schedule: Literal["cosine", "constant"] = "cosine"
     clip: float | None = 1.0
+    lr_mult: dict[str, float] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +66,11 @@ def test_misplaced_key_suggests_its_section():
         ("optim.schedule=cosin", "did you mean 'cosine'"),
         ("optim.betas=[1]", "'optim.betas' expects 2 values"),
         ("optim=3", "'optim' is a section"),
+        ("optim.clip=high", "'optim.clip' expects a number, got 'high'"),  # X | None: X's own message
+        (
+            "optim.lr_mult={head:5}",
+            "'head:5' reads as a key without a value; YAML needs a space after the colon: {head: 5}",
+        ),
     ],
 )
 def test_wrong_type_names_the_key(override, message):
