@@ -13,17 +13,9 @@ from subprocess import PIPE
 
 import pytest
 
-from tests.conftest import REPO, tiny_recipe, write_recipe
+from tests.conftest import REPO, free_port, tiny_recipe, write_recipe
 
 BOUND_S = 60  # the survivor must be gone this long after the kill
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _long_recipe(tiny_shapes: Path, tmp_path: Path) -> Path:
@@ -48,7 +40,7 @@ def _wait_for_steps(run: Path, procs: list[subprocess.Popen], steps: int, timeou
 
 
 def _start_pair(recipe: Path, tmp_path: Path, *overrides: str) -> list[subprocess.Popen]:
-    port = str(_free_port())
+    port = str(free_port())
     procs = []
     for rank in range(2):
         env = {
@@ -93,7 +85,7 @@ def test_accelerate_launch_ends_in_bounded_time_when_a_worker_dies(tiny_shapes, 
     accelerate = str(Path(sys.executable).with_name("accelerate"))
     launcher = subprocess.Popen(
         [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-         "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m", "training.train",
+         "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "training.train",
          str(recipe), "train.record_keys=true"],
         cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,

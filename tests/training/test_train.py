@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import yaml
 from safetensors.torch import load_file
 
 from multimodal import load_checkpoint
-from tests.conftest import REPO, fresh_accelerate, tiny_recipe, write_recipe
+from tests.conftest import REPO, free_port, fresh_accelerate, tiny_recipe, write_recipe
 from training.checkpoint import list_checkpoints
 from training.train import load_config, train
 
@@ -168,18 +167,12 @@ def test_truncated_shard_run_finishes_and_reports_it(tiny_shapes, tmp_path):
     assert saved["data"] == results["data"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_train_on_different_samples(tiny_shapes, tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tiny_shapes, tmp_path / "run"))
     accelerate = str(Path(sys.executable).with_name("accelerate"))
     proc = subprocess.run(
         [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
          "-m", "training.train", str(recipe), "train.record_keys=true"],
         cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
