@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, tiny_recipe, write_recipe
+from tests.conftest import REPO, free_port, tiny_recipe, write_recipe
 from tests.reliability.test_crash_resume import (
     CHECKPOINT_FILES,
     STEPS,
@@ -23,7 +23,7 @@ from tests.reliability.test_crash_resume import (
     _last_logged_step,
     _run,
 )
-from tests.reliability.test_distributed_faults import _free_port, _start_pair, _wait_for_steps
+from tests.reliability.test_distributed_faults import _start_pair, _wait_for_steps
 from training.checkpoint import list_checkpoints
 from training.preemption import PREEMPTED_EXIT
 
@@ -118,7 +118,7 @@ def test_a_stop_signal_to_accelerate_launch_checkpoints_both_workers(tiny_shapes
     accelerate = str(Path(sys.executable).with_name("accelerate"))
     launcher = subprocess.Popen(
         [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-         "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m", "training.train",
+         "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "training.train",
          str(recipe)],
         cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
@@ -146,7 +146,7 @@ def _launch_killer(recipe: Path, stop: str = "none:0") -> subprocess.CompletedPr
     accelerate = str(Path(sys.executable).with_name("accelerate"))
     return subprocess.run(
         [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-         "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+         "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
          str(Path(__file__).with_name("killer.py")), stop, str(recipe), "resume=latest"],
         cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}, capture_output=True,
         text=True, timeout=600,

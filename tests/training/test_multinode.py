@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, tiny_recipe, write_recipe
-from tests.reliability.test_distributed_faults import _free_port
+from tests.conftest import REPO, free_port, tiny_recipe, write_recipe
 
 STEPS, BATCH = 4, 16
 
@@ -39,7 +38,7 @@ def test_two_machines_train_one_run_at_world_size_two(tiny_shapes, tmp_path, fla
         tiny_shapes, run, data={"batch_size": BATCH, "num_workers": 0}, train={"steps": STEPS, "checkpoint_every": 0}
     )
     recipe = write_recipe(tmp_path / "r.yaml", recipe)
-    port = _free_port()
+    port = free_port()
     machines = [_machine(rank, port, recipe, *flags) for rank in range(2)]
     try:
         outputs = [m.communicate(timeout=240) for m in machines]
