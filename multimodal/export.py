@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli import HelpFormatter, run_cli
+from .io import atomic_dir
 
 __all__ = ["TARGETS", "export", "export_diffusers", "export_open_clip", "export_timm", "main"]
 
@@ -302,8 +303,6 @@ def _write(folder: Path, config_name: str, config: dict[str, Any], weights_name:
 def _publish(out: Path, fill: Callable[[Path], Any]) -> Path:
     """Have ``fill`` write the folder ``out`` as a whole (:func:`~multimodal.io.atomic_dir`): the old folder or the
     complete new one, never half of one."""
-    from .io import atomic_dir
-
     with atomic_dir(out) as tmp:
         fill(tmp)
     return out

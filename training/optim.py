@@ -64,21 +64,25 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
 
 
 def lr_factor(
-    step: int, *, total: int, warmup: int, schedule: str, min_ratio: float, decay_fraction: float = 0.2
+    step: int,
+    *,
+    total: int,
+    warmup: int,
+    schedule: str,
+    min_ratio: float,
+    decay_fraction: float = OptimConfig.decay_fraction,
 ) -> float:
     """Multiplier of the base learning rate at optimizer step ``step``."""
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
         return 1.0
-    if schedule == "wsd":
+    if schedule == "wsd":  # 1 while stable, then linearly down to 0 at the last of the final ``decay`` steps
         decay = max(1, round(decay_fraction * (total - warmup)))
-        start = total - decay
-        if step < start:
-            return 1.0
-        return min_ratio + (1.0 - min_ratio) * max(0.0, 1.0 - (step - start + 1) / decay)
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+        shape = min(1.0, max(0.0, (total - step - 1) / decay))
+    else:
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
     return min_ratio + (1.0 - min_ratio) * shape
 
 
