@@ -16,7 +16,9 @@ generates ``--n`` images from the prompt "a {colour} {shape}" and reports:
   directly, same prompts and seeds.
 
 Results go to ``RUN/eval/generation.json`` (or ``--out``) and a grid per condition and split next to it
-(``generation-prior-seen.png``: one row per prompt).
+(``generation-prior-seen.png``: one row per prompt). ``--seed 0,1,2`` repeats the evaluation with each sample seed
+and reports every metric as its mean +- sample standard deviation over them (each seed's figures under
+``per_seed``; the grids show the first seed).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
 
 from .common import add_common_options, cli_parser, result_path, run_cli, write_result
 
-__all__ = ["add_judging_options", "format_table", "load_judge", "main"]
+__all__ = ["add_judging_options", "format_table", "load_judge", "main", "seed_list"]
 
 
 def load_judge(runs: str | Path | Sequence[str | Path], *, device: torch.device | str = "cpu") -> Judge | PairJudge:
@@ -75,9 +77,23 @@ def load_judge(runs: str | Path | Sequence[str | Path], *, device: torch.device 
     )
 
 
-def add_judging_options(parser: argparse.ArgumentParser, *, n: int, n_help: str, guidance: bool) -> None:
-    """The options of the CLIs that sample an unCLIP stack and judge its images: --judge, --n, --steps, --seed, and
-    with ``guidance`` --sampler, --prior-guidance and --decoder-guidance."""
+def seed_list(text: str) -> list[int]:
+    """``--seed`` of several seeds: "0" or "0,1,2" -> [0] or [0, 1, 2] (distinct integers)."""
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give integers, comma-separated, e.g. 0 or 0,1,2") from None
+    if len(set(seeds)) < len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r} names a seed twice: give each seed once")
+    return seeds
+
+
+def add_judging_options(
+    parser: argparse.ArgumentParser, *, n: int, n_help: str, guidance: bool, several_seeds: bool = False
+) -> None:
+    """The options of the CLIs that sample an unCLIP stack and judge its images: --judge, --n, --steps, --seed (a
+    comma-separated list with ``several_seeds``), and with ``guidance`` --sampler, --prior-guidance and
+    --decoder-guidance."""
     parser.add_argument(
         "--judge", required=True, action="append",
         help="run directory of a shapes color_shape classifier, or --judge twice: a color and a shape classifier "
@@ -85,7 +101,14 @@ def add_judging_options(parser: argparse.ArgumentParser, *, n: int, n_help: str,
     )  # fmt: skip
     parser.add_argument("--n", type=int, default=n, help=n_help)
     parser.add_argument("--steps", type=int, default=25, help="denoising steps of each stage")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the samples")
+    if several_seeds:
+        parser.add_argument(
+            "--seed", type=seed_list, default="0", metavar="SEED[,SEED...]",
+            help="random seed of the samples; several, comma-separated, give each metric's mean and standard "
+            "deviation over them",
+        )  # fmt: skip
+    else:
+        parser.add_argument("--seed", type=int, default=0, help="random seed of the samples")
     if guidance:
         parser.add_argument("--sampler", choices=SAMPLERS, default="dpmsolver++", help="diffusion sampler")
         parser.add_argument("--prior-guidance", type=float, default=4.0, help="classifier-free guidance of the prior")
@@ -95,23 +118,32 @@ def add_judging_options(parser: argparse.ArgumentParser, *, n: int, n_help: str,
 
 
 def format_table(results: dict[str, Any]) -> str:
-    head = f"{'decoder input':<16} {'split':<8} {'prompt acc':>10} {'colour':>7} {'shape':>7} {'CLIP score':>10} "
-    head += f"{'FD (judge feats)':>16} {'n':>5}"
+    """The results as a table, one row per decoder input and split; means +- standard deviations over several
+    seeds."""
+    width = 18 if "seeds" in results else 10  # "0.8420 +- 0.0070" : "0.8420"
+
+    def cell(r: dict[str, Any], key: str, digits: int) -> str:
+        return f"{r[key]:.{digits}f}" + (f" +- {r[key + '_std']:.{digits}f}" if f"{key}_std" in r else "")
+
+    head = f"{'decoder input':<16} {'split':<8} {'prompt acc':>{width}} {'colour':>{width}} {'shape':>{width}} "
+    head += f"{'CLIP score':>{width}} {'FD (judge feats)':>{max(width, 16)}} {'n':>5}"
     lines = [head, "-" * len(head)]
     for cond in ("prior", "text_embedding"):
         if cond not in results:
             continue
         for split in ("seen", "heldout"):
             r = results[cond][split]
+            cells = [cell(r, key, 4) for key in ("prompt_accuracy", "color_accuracy", "shape_accuracy", "clip_score")]
             lines.append(
-                f"{cond:<16} {split:<8} {r['prompt_accuracy']:>10.4f} {r['color_accuracy']:>7.4f} "
-                f"{r['shape_accuracy']:>7.4f} {r['clip_score']:>10.4f} {r['fd_judge_features']:>16.2f} {r['n']:>5}"
-                + (f"  FID {r['fid_inception']:.2f}" if "fid_inception" in r else "")
+                f"{cond:<16} {split:<8} "
+                + " ".join(f"{c:>{width}}" for c in cells)
+                + f" {cell(r, 'fd_judge_features', 2):>{max(width, 16)}} {r['n']:>5}"
+                + (f"  FID {cell(r, 'fid_inception', 2)}" if "fid_inception" in r else "")
             )
     real = results["real"]
     lines.append(
-        f"{'real test images':<16} {'test':<8} {real['judge_accuracy']:>10.4f} {'':>7} {'':>7} "
-        f"{real['clip_score']:>10.4f} {'0':>16} {real['n']:>5}"
+        f"{'real test images':<16} {'test':<8} {real['judge_accuracy']:>{width}.4f} {'':>{width}} {'':>{width}} "
+        f"{real['clip_score']:>{width}.4f} {'0':>{max(width, 16)}} {real['n']:>5}"
     )
     return "\n".join(lines)
 
@@ -119,7 +151,7 @@ def format_table(results: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from multimodal.evaluation import InceptionFeatures, evaluate_generation
+    from multimodal.evaluation import InceptionFeatures, evaluate_generation, mean_over_seeds
     from multimodal.generate import load_pipeline
 
     device = torch.device(args.device)
@@ -127,15 +159,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pipe = load_pipeline(args.checkpoint, sampler=args.sampler, decoder=args.decoder).to(device)
     inception = InceptionFeatures(args.inception, device=device) if args.inception else None
     out = result_path(args, "generation.json")
-    results = evaluate_generation(
-        pipe, judge, n=args.n, steps=args.steps, prior_guidance=args.prior_guidance,
-        decoder_guidance=args.decoder_guidance, seed=args.seed, ablation=not args.no_ablation,
-        inception=inception, grid_dir=out.parent, grid_prefix=f"{out.stem}-", dataset=args.dataset,
-    )  # fmt: skip
+    per_seed = [
+        evaluate_generation(
+            pipe, judge, n=args.n, steps=args.steps, prior_guidance=args.prior_guidance,
+            decoder_guidance=args.decoder_guidance, seed=seed, ablation=not args.no_ablation, inception=inception,
+            grid_dir=out.parent if i == 0 else None, grid_prefix=f"{out.stem}-", dataset=args.dataset,
+        )
+        for i, seed in enumerate(args.seed)
+    ]  # fmt: skip
+    results = per_seed[0] if len(per_seed) == 1 else mean_over_seeds(per_seed)
     judge_runs = [str(run) for run in args.judge]
     results.update({"checkpoint": str(args.checkpoint), "decoder": args.decoder, "judge": judge_runs,
                     "sampler": args.sampler})  # fmt: skip
-    print(f"generation {args.checkpoint} ({args.sampler}, {args.steps} steps, {args.n} images per prompt)")
+    seeds = (
+        f"seed {args.seed[0]}" if len(args.seed) == 1 else f"mean +- std over seeds {','.join(map(str, args.seed))}"
+    )
+    print(f"generation {args.checkpoint} ({args.sampler}, {args.steps} steps, {args.n} images per prompt, {seeds})")
     write_result(args, "generation.json", results, table=format_table(results))
     return results
 
@@ -143,7 +182,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = cli_parser("python -m eval.generation", __doc__, "saved pipeline folder or unCLIP run root")
     parser.add_argument("--decoder", help="another decoder run or checkpoint folder (with an unCLIP run root)")
-    add_judging_options(parser, n=8, n_help="images per prompt", guidance=True)
+    add_judging_options(parser, n=8, n_help="images per prompt", guidance=True, several_seeds=True)
     parser.add_argument("--dataset", default="shapes", help="a shapes card (prompts from its colour-shape classes)")
     parser.add_argument("--no-ablation", action="store_true", help="skip the text-embedding-to-decoder ablation")
     parser.add_argument("--inception", help="a local torchvision inception_v3 state dict: adds Inception FID")

@@ -5,7 +5,15 @@ from .captioning import evaluate_captioning
 from .classification import eval_stream, evaluate_classifier
 from .composition import diagnose_composition
 from .control import evaluate_control
-from .generation import InceptionFeatures, Judge, PairJudge, evaluate_generation, frechet_distance, prompt_set
+from .generation import (
+    InceptionFeatures,
+    Judge,
+    PairJudge,
+    evaluate_generation,
+    frechet_distance,
+    mean_over_seeds,
+    prompt_set,
+)
 from .metrics import classification_metrics, gather_rows
 from .retrieval import recall_at_k, retrieval_evaluate
 from .zeroshot import card_prompts, topk_key, zeroshot_evaluate
@@ -24,6 +32,7 @@ __all__ = [
     "evaluate_generation",
     "frechet_distance",
     "gather_rows",
+    "mean_over_seeds",
     "prompt_set",
     "recall_at_k",
     "retrieval_evaluate",

@@ -11,10 +11,13 @@ generates ``n`` images from the prompt "a {colour} {shape}" and reports:
   Inception FID; :class:`InceptionFeatures` adds FID with a local torchvision Inception-v3 state dict);
 - the paper's ablation (section 5.1): the decoder fed the prior's image embedding versus the CLIP text embedding
   directly, same prompts and seeds.
+
+:func:`mean_over_seeds` merges the results of several sample seeds into means with their spread.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +37,15 @@ from ..pipelines.unclip import to_pil_images
 from ..tokenizers import ClipTokenizer
 from .classification import eval_stream
 
-__all__ = ["InceptionFeatures", "Judge", "PairJudge", "evaluate_generation", "frechet_distance", "prompt_set"]
+__all__ = [
+    "InceptionFeatures",
+    "Judge",
+    "PairJudge",
+    "evaluate_generation",
+    "frechet_distance",
+    "mean_over_seeds",
+    "prompt_set",
+]
 
 PROMPT_TEMPLATE = "a {}"
 
@@ -209,6 +220,43 @@ def evaluate_generation(
                 inception(images.to(pipe._execution_device)).cpu().numpy(), real_inc
             )
     return results
+
+
+SEED_METRICS = ("prompt_accuracy", "color_accuracy", "shape_accuracy", "clip_score", "fd_judge_features",
+                "fid_inception")  # fmt: skip
+
+
+def mean_over_seeds(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The results of :func:`evaluate_generation` at two or more sample seeds, as one result of the same layout: each
+    metric the mean over the seeds with its sample standard deviation beside it (``prompt_accuracy_std``), image
+    counts and seconds summed, the seeds in ``seeds`` and each seed's own figures in ``per_seed``. The real-image
+    row is the same at every seed and is kept once."""
+    if len(per_seed) < 2:
+        raise ValueError(f"mean_over_seeds needs the results of two or more seeds, got {len(per_seed)}")
+    seeds = [r["seed"] for r in per_seed]
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"mean_over_seeds got the same seed twice: {seeds}")
+    first = per_seed[0]
+    conditions = [k for k, v in first.items() if isinstance(v, dict) and k != "real"]
+    merged: dict[str, Any] = {k: v for k, v in first.items() if not isinstance(v, dict) and k != "seed"}
+    merged["seeds"] = seeds
+    for cond in conditions:
+        merged[cond] = {"seconds": round(sum(r[cond]["seconds"] for r in per_seed), 1)}
+        for split in ("seen", "heldout"):
+            entries = [r[cond][split] for r in per_seed]
+            entry: dict[str, Any] = {"n": sum(e["n"] for e in entries)}
+            for key in (k for k in SEED_METRICS if k in entries[0]):
+                values = [e[key] for e in entries]
+                entry[key], entry[f"{key}_std"] = statistics.mean(values), statistics.stdev(values)
+            merged[cond][split] = entry
+    merged["real"] = first["real"]
+    splits = ("seen", "heldout")
+    merged["per_seed"] = [
+        {"seed": r["seed"], **{c: {s: {k: r[c][s][k] for k in SEED_METRICS if k in r[c][s]} for s in splits}
+                               for c in conditions}}
+        for r in per_seed
+    ]  # fmt: skip
+    return merged
 
 
 def _generate_and_judge(

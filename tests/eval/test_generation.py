@@ -3,14 +3,17 @@ eval.generation_curve's plot."""
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torch import nn
 
+from eval.generation import format_table, seed_list
 from eval.generation_curve import plot_curve
-from multimodal.evaluation import Judge, PairJudge, evaluate_generation, frechet_distance, prompt_set
+from multimodal.evaluation import Judge, PairJudge, evaluate_generation, frechet_distance, mean_over_seeds, prompt_set
 from tests.pipelines.test_unclip import tiny_pipeline
 
 
@@ -80,3 +83,45 @@ def test_a_colour_judge_and_a_shape_judge_give_the_colour_shape_class():
     classes, features = PairJudge(color, shape)(torch.rand(5, 3, 16, 16) * 2 - 1)
     assert classes.tolist() == [2 * 6 + 3] * 5  # "blue star" in the card's colour-major order
     assert features.shape == (5, 8)  # both judges' 4 penultimate features
+
+
+def _seed_result(seed: int, seen: float, heldout: float) -> dict:
+    """A result of evaluate_generation's layout (the prior condition only) with prompt accuracies seen and heldout."""
+
+    def entry(accuracy: float, n: int) -> dict:
+        return {"prompt_accuracy": accuracy, "color_accuracy": 1.0, "shape_accuracy": accuracy, "clip_score": 0.3,
+                "fd_judge_features": 2.0 + seed, "n": n}  # fmt: skip
+
+    prior = {"seen": entry(seen, 240), "heldout": entry(heldout, 48), "seconds": 10.0}
+    real = {"n": 1000, "judge_accuracy": 0.83, "clip_score": 0.31}
+    return {"n_per_prompt": 8, "steps": 25, "seed": seed, "prior": prior, "real": real}
+
+
+def test_mean_over_seeds_gives_means_and_sample_standard_deviations():
+    merged = mean_over_seeds([_seed_result(0, 0.80, 0.0), _seed_result(1, 0.84, 0.5), _seed_result(2, 0.88, 1.0)])
+    seen, held = merged["prior"]["seen"], merged["prior"]["heldout"]
+    assert seen["prompt_accuracy"] == pytest.approx(0.84) and seen["prompt_accuracy_std"] == pytest.approx(0.04)
+    assert held["prompt_accuracy"] == pytest.approx(0.5) and held["prompt_accuracy_std"] == pytest.approx(0.5)
+    assert seen["color_accuracy_std"] == 0.0 and seen["fd_judge_features"] == pytest.approx(3.0)
+    assert seen["n"] == 3 * 240 and merged["prior"]["seconds"] == 30.0  # counts and times add up
+    assert merged["seeds"] == [0, 1, 2] and "seed" not in merged and merged["n_per_prompt"] == 8
+    assert [s["prior"]["seen"]["prompt_accuracy"] for s in merged["per_seed"]] == [0.80, 0.84, 0.88]
+    assert merged["real"]["judge_accuracy"] == 0.83
+    table = format_table(merged)
+    assert "0.8400 +- 0.0400" in table and "0.5000 +- 0.5000" in table
+    assert "+-" not in format_table(_seed_result(0, 0.8, 0.0))  # one seed: plain figures
+
+
+def test_mean_over_seeds_refuses_one_seed_and_repeated_seeds():
+    with pytest.raises(ValueError, match="two or more seeds"):
+        mean_over_seeds([_seed_result(0, 0.8, 0.0)])
+    with pytest.raises(ValueError, match="same seed twice"):
+        mean_over_seeds([_seed_result(1, 0.8, 0.0), _seed_result(1, 0.9, 0.0)])
+
+
+def test_seed_option_takes_a_comma_separated_list():
+    assert seed_list("0") == [0] and seed_list("0,1,2") == [0, 1, 2]
+    with pytest.raises(argparse.ArgumentTypeError, match="comma-separated"):
+        seed_list("0;1")
+    with pytest.raises(argparse.ArgumentTypeError, match="twice"):
+        seed_list("1,1")

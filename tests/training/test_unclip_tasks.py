@@ -194,6 +194,30 @@ def test_eval_generation_reports_every_metric(stack, tiny_shapes, tmp_path):
     assert (tmp_path / "prior-seen.png").is_file()
 
 
+def test_eval_generation_cli_averages_several_seeds(stack, tiny_shapes, tmp_path, capsys):
+    import json
+
+    from eval.generation import main
+
+    train_recipe(tmp_path, tiny_recipe(tiny_shapes, tmp_path / "judge", train={"steps": 2, "checkpoint_every": 0}))
+    out = tmp_path / "eval" / "gen.json"
+    args = ["--checkpoint", str(stack), "--judge", str(tmp_path / "judge"), "--n", "1", "--steps", "2", "--dataset",
+            str(tiny_shapes), "--no-ablation", "--device", "cpu", "--threads", "1", "--out", str(out)]  # fmt: skip
+    assert main([*args, "--seed", "0,1"]) == 0
+    results = json.loads(out.read_text())
+    seen = results["prior"]["seen"]
+    per_seed = [r["prior"]["seen"]["prompt_accuracy"] for r in results["per_seed"]]
+    assert results["seeds"] == [0, 1] and seen["n"] == 2 * 30 and "text_embedding" not in results
+    assert seen["prompt_accuracy"] == pytest.approx(sum(per_seed) / 2)
+    assert seen["prompt_accuracy_std"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2**0.5)
+    printed = capsys.readouterr()
+    assert "mean +- std over seeds 0,1" in printed.out and "never saw the held-out ones" in printed.err
+    assert (out.parent / "gen-prior-seen.png").is_file()  # the first seed's grids
+    assert main([*args, "--seed", "0"]) == 0  # one seed: the layout of evaluate_generation
+    single = json.loads(out.read_text())
+    assert single["seed"] == 0 and single["prior"]["seen"]["prompt_accuracy"] == per_seed[0]
+
+
 def test_load_judge_takes_a_pair_classifier_or_a_colour_and_a_shape_one(tiny_shapes, tmp_path):
     from eval.generation import load_judge
     from multimodal.config import ConfigError
