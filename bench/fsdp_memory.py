@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from multimodal.data.shapes import ShapesSpec, write_shapes_card
+from training.launch import free_port
 from training.tasks import build_task
 from training.train import load_config
 
@@ -61,18 +61,12 @@ def count_parameters(card: Path, *, dim: int, depth: int) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def measure(card: Path, out_dir: Path, *, processes: int, fsdp: bool, dim: int, depth: int) -> dict[str, Any]:
     """Train one configuration on ``processes`` CPU processes (one thread each); returns its ``results.json``."""
     accelerate = str(Path(sys.executable).with_name("accelerate"))
     command = [
         accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
         "-m", "training.train", str(RECIPE), *overrides(card, dim=dim, depth=depth), f"run.out_dir={out_dir}",
         f"train.fsdp={str(fsdp).lower()}",
     ]  # fmt: skip

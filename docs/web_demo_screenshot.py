@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,12 +27,6 @@ from selenium.webdriver.support.ui import WebDriverWait
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1360,1180")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def a_test_image(path: Path) -> str:
@@ -57,6 +50,8 @@ def main() -> int:
     parser.add_argument("--prompt", default="a red circle")
     parser.add_argument("--out", default="docs/web-demo.png")
     args = parser.parse_args()
+    from training.launch import free_port
+
     port, work = free_port(), Path(tempfile.mkdtemp())
     command = [sys.executable, "-m", "multimodal.web", "--unclip", args.unclip, "--index", args.index]
     server = subprocess.Popen([*command, "--port", str(port), "--threads", "1"], cwd=REPO)

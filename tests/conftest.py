@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from multimodal.data.shapes import ShapesSpec, write_shapes_card
+from training.launch import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,13 +119,6 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subproce
         [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
     )  # fmt: skip
-
-
-def free_port() -> int:
-    """A TCP port of this machine that nothing listens on now, for a launch's rendezvous."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(

@@ -1,10 +1,12 @@
 """How the trainer meets the launcher: the Accelerator of a recipe, a warning for launches Accelerate silently
-turns into one process, a refusal of workers left alone, and a check, from inside the run, of the process group."""
+turns into one process, a refusal of workers left alone, a check, from inside the run, of the process group, and a
+free port for a launch's rendezvous."""
 
 from __future__ import annotations
 
 import os
 import re
+import socket
 import sys
 from pathlib import Path
 
@@ -14,7 +16,14 @@ from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
 from .config import TrainConfig
 
-__all__ = ["LaunchError", "check_world", "make_accelerator", "refuse_lone_worker", "warn_ignored_num_processes"]
+__all__ = [
+    "LaunchError",
+    "check_world",
+    "free_port",
+    "make_accelerator",
+    "refuse_lone_worker",
+    "warn_ignored_num_processes",
+]
 
 # MPI launchers' world sizes, which Accelerate reads before WORLD_SIZE when it decides whether to start gloo.
 MPI_WORLD_SIZES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
@@ -104,3 +113,11 @@ def check_world(acc: Accelerator) -> int:
             "the same --num_processes (all processes) and --num_machines, and each a --machine_rank of its own"
         )
     return count
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port of ``host`` that nothing listens on now, for a launch's rendezvous (``--main_process_port``,
+    ``MASTER_PORT``). Another process may take it before the launch binds it; on one machine that is rare."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -137,14 +136,10 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str, job: str) -> No
         raise
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(job: str, world_size: int, out_dir: Path, timeout: float = 600.0) -> list[dict]:
     """Run ``job`` on ``world_size`` gloo processes; returns each rank's results, failing the test on error or hang."""
+    from training.launch import free_port  # here, not at the top: the spawned workers import this module
+
     context = mp.get_context("spawn")
     port = free_port()
     procs = [

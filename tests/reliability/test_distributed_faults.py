@@ -13,7 +13,8 @@ from subprocess import PIPE
 
 import pytest
 
-from tests.conftest import REPO, free_port, tiny_recipe, write_recipe
+from tests.conftest import REPO, tiny_recipe, write_recipe
+from training.launch import free_port
 
 BOUND_S = 60  # the survivor must be gone this long after the kill
 

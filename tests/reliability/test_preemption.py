@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, free_port, tiny_recipe, write_recipe
+from tests.conftest import REPO, tiny_recipe, write_recipe
 from tests.reliability.test_crash_resume import (
     CHECKPOINT_FILES,
     STEPS,
@@ -25,6 +25,7 @@ from tests.reliability.test_crash_resume import (
 )
 from tests.reliability.test_distributed_faults import _start_pair, _wait_for_steps
 from training.checkpoint import list_checkpoints
+from training.launch import free_port
 from training.preemption import PREEMPTED_EXIT
 
 # Each signal lands in the run the previous one stopped: (point, where it lands, the step the run stops at).

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, free_port, tiny_recipe, write_recipe
+from tests.conftest import REPO, tiny_recipe, write_recipe
+from training.launch import free_port
 
 STEPS, BATCH = 4, 16
 

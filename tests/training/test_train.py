@@ -15,8 +15,9 @@ import yaml
 from safetensors.torch import load_file
 
 from multimodal import load_checkpoint
-from tests.conftest import REPO, free_port, fresh_accelerate, tiny_recipe, write_recipe
+from tests.conftest import REPO, fresh_accelerate, tiny_recipe, write_recipe
 from training.checkpoint import list_checkpoints
+from training.launch import free_port
 from training.train import load_config, train
 
 pytestmark = pytest.mark.usefixtures("clean_accelerate")  # each in-process run starts from a clean Accelerate

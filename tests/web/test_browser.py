@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from multimodal.io import atomic_write_bytes
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO
 from tests.web.test_app import IMAGE_SIZE, LABELS, png_bytes, red_circle, save_tiny_unclip
+from training.launch import free_port
 
 pytestmark = pytest.mark.browser
 
