@@ -5,7 +5,6 @@ run's folder; what is below it (models, data, pipelines) takes models."""
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from .config import ConfigError, load_yaml
 from .data.cards import DatasetCard
 from .data.embeddings import ClipEmbeddings, compute_clip_embeddings, load_cache, save_cache, weights_fingerprint
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageTransform
-from .io import exclusive_lock
+from .io import atomic_dir, exclusive_lock
 from .models.clip import CLIP
 from .models.registry import create_model
 from .pipelines.unclip import ClipEncoder, UnclipPipeline
@@ -147,19 +146,13 @@ def write_run(out: str | Path, config: dict[str, Any], model: nn.Module, *, file
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists; choose a new --out folder (nothing was written)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         save_file(
             {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors")
         )
         for file in files:
             shutil.copy2(file, tmp / Path(file).name)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

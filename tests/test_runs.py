@@ -177,3 +177,24 @@ def test_gato_tokenizer_of_a_run_is_the_one_it_saved(tmp_path):
         load_gato_tokenizer(run, model)
     model.cfg.text_vocab_size = 49408
     assert isinstance(load_gato_tokenizer(run, model).text, ClipTokenizer)
+
+
+def test_write_run_writes_a_loadable_run_or_nothing(tmp_path):
+    from multimodal.runs import load_checkpoint
+    from multimodal.runs import write_run as write_run_folder
+
+    model = create_model("clip_nano", **CLIP_ARGS)
+    config = {"task": {"name": "clip"}, "model": {"name": "clip_nano", "args": CLIP_ARGS}}
+    extra = tmp_path / "notes.txt"
+    extra.write_text("kept")
+    run = write_run_folder(tmp_path / "run", config, model, files=[extra])
+    assert (run / "notes.txt").read_text() == "kept"
+    loaded = load_checkpoint(run)
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True)
+    )
+    with pytest.raises(FileExistsError, match="choose a new --out folder"):
+        write_run_folder(run, config, model)
+    with pytest.raises(FileNotFoundError):  # a file to copy in is missing: no run, no leftover
+        write_run_folder(tmp_path / "broken", config, model, files=[tmp_path / "missing.txt"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "run"]
