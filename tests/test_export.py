@@ -79,7 +79,7 @@ def vit_run(path: Path, extra: dict[str, Any]) -> tuple[Path, nn.Module]:
 def sample_images() -> list[Image.Image]:
     """Random RGB images of several sizes and aspects (resized and centre-cropped to 32 px)."""
     rng = np.random.default_rng(0)
-    sizes = [(32, 32), (50, 50), (48, 40), (64, 96)]  # (width, height)
+    sizes = [(32, 32), (50, 50), (48, 40), (64, 96), (37, 53), (101, 64)]  # (width, height); odd ones round
     return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
 
 

@@ -35,6 +35,7 @@ __all__ = [
 RTS_MAX_DEGREES = 45.0
 RTS_SCALE = (0.7, 1.2)
 RTS_CANVAS = 1.5
+MAX_ASPECT = 64  # resize_center_crop cuts out the centre of an image longer than this many times its width
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -211,18 +212,25 @@ def distort_rts(img: Image.Image, size: int, rng: random.Random) -> Image.Image:
 
 
 def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Shorter side to ``size`` (bicubic), then the centre ``size`` x ``size`` square: the evaluation geometry."""
+    """Shorter side to ``size`` (bicubic), then the centre ``size`` x ``size`` square: the evaluation geometry, pixel
+    for pixel torchvision's ``Resize(size, BICUBIC)`` then ``CenterCrop(size)`` (open_clip's and timm's evaluation
+    preprocessing), whose rounding it copies: the longer side truncated, the crop's offset rounded half to even.
+    Only an image more than :data:`MAX_ASPECT` times longer than wide (or wide than long) differs: its centre part of
+    that aspect is cut out first, so a sliver never becomes a huge intermediate image."""
     w, h = img.size
-    side = min(w, h)
-    if max(w, h) > 4 * side:  # a sliver (say 1 x 100,000 px): crop its centre square before resizing
-        left, top = (w - side) // 2, (h - side) // 2
-        img, w, h = img.crop((left, top, left + side, top + side)), side, side
-    scale = size / side
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    short, long = min(w, h), max(w, h)
+    if long > MAX_ASPECT * short:
+        keep = MAX_ASPECT * short
+        x0, y0 = ((w - keep) // 2, 0) if w > h else (0, (h - keep) // 2)
+        img = img.crop((x0, y0, x0 + min(w, keep), y0 + min(h, keep)))
+        w, h = img.size
+        short, long = min(w, h), max(w, h)
+    new_long = int(size * long / short)
+    nw, nh = (size, new_long) if w <= h else (new_long, size)
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), Image.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
     if (nw, nh) != (size, size):
+        left, top = round((nw - size) / 2), round((nh - size) / 2)  # half to even, as torchvision
         img = img.crop((left, top, left + size, top + size))
     return img
 

@@ -9,7 +9,14 @@ from PIL import Image
 
 from multimodal.data import SampleDecoder
 from multimodal.data.stream import DecodeError
-from multimodal.data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, collate, to_rgb
+from multimodal.data.transforms import (
+    MAX_ASPECT,
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    collate,
+    resize_center_crop,
+    to_rgb,
+)
 
 CAPTIONS = ["a red circle", "a photo of a red circle", "a large red circle", "a red circle at the top"]
 
@@ -33,6 +40,27 @@ def test_image_is_resized_normalised_rgb():
     torch.testing.assert_close(out["image"][:, 4, 4], expected.float(), atol=1e-5, rtol=0)
     assert out["label"] == 3
     assert out["text"] == "fixed caption"  # whitespace collapsed
+
+
+@pytest.mark.parametrize("size", [31, 32, 224])
+def test_resize_center_crop_is_torchvisions_resize_then_center_crop_pixel_for_pixel(size):
+    from torchvision import transforms as T
+
+    reference = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size)])
+    rng = np.random.default_rng(size)
+    shapes = [(w, h) for w in (1, 7, 20, 33, 37, 64, 101) for h in (5, 32, 47, 53, 96)] + [(640, 480), (333, 500)]
+    for w, h in shapes:
+        if max(w, h) > MAX_ASPECT * min(w, h):
+            continue
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        assert np.array_equal(np.asarray(resize_center_crop(img, size)), np.asarray(reference(img))), (w, h)
+
+
+def test_resize_center_crop_cuts_a_sliver_to_its_centre_first():
+    sliver = np.zeros((1, 10_000, 3), dtype=np.uint8)
+    sliver[0, 5_000 - 32 : 5_000 + 32] = 255  # white at the centre, black elsewhere
+    out = resize_center_crop(Image.fromarray(sliver), 16)
+    assert out.size == (16, 16) and np.asarray(out).mean() > 200  # its centre 64 px, not a 160,000 px long resize
 
 
 def test_to_rgb_composites_alpha_on_white_and_rescales_16_bit():
