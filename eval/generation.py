@@ -120,30 +120,38 @@ def add_judging_options(
 def format_table(results: dict[str, Any]) -> str:
     """The results as a table, one row per decoder input and split; means +- standard deviations over several
     seeds."""
-    width = 18 if "seeds" in results else 10  # "0.8420 +- 0.0070" : "0.8420"
+    spread = "seeds" in results
+    # prompt acc, colour, shape, CLIP score, FD: "0.8420 +- 0.0070" over seeds, "0.8420" for one
+    widths = (18,) * 5 if spread else (10, 7, 7, 10, 16)
+    names = ("prompt acc", "colour", "shape", "CLIP score", "FD (judge feats)")
 
     def cell(r: dict[str, Any], key: str, digits: int) -> str:
         return f"{r[key]:.{digits}f}" + (f" +- {r[key + '_std']:.{digits}f}" if f"{key}_std" in r else "")
 
-    head = f"{'decoder input':<16} {'split':<8} {'prompt acc':>{width}} {'colour':>{width}} {'shape':>{width}} "
-    head += f"{'CLIP score':>{width}} {'FD (judge feats)':>{max(width, 16)}} {'n':>5}"
+    def row(first: str, split: str, cells: list[str], n: int) -> str:
+        return (
+            f"{first:<16} {split:<8} " + " ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)) + f" {n:>5}"
+        )
+
+    head = row("decoder input", "split", list(names), "n")
     lines = [head, "-" * len(head)]
+    keys = ("prompt_accuracy", "color_accuracy", "shape_accuracy", "clip_score")
     for cond in ("prior", "text_embedding"):
         if cond not in results:
             continue
         for split in ("seen", "heldout"):
             r = results[cond][split]
-            cells = [cell(r, key, 4) for key in ("prompt_accuracy", "color_accuracy", "shape_accuracy", "clip_score")]
-            lines.append(
-                f"{cond:<16} {split:<8} "
-                + " ".join(f"{c:>{width}}" for c in cells)
-                + f" {cell(r, 'fd_judge_features', 2):>{max(width, 16)}} {r['n']:>5}"
-                + (f"  FID {cell(r, 'fid_inception', 2)}" if "fid_inception" in r else "")
-            )
+            cells = [cell(r, key, 4) for key in keys] + [cell(r, "fd_judge_features", 2)]
+            fid = f"  FID {cell(r, 'fid_inception', 2)}" if "fid_inception" in r else ""
+            lines.append(row(cond, split, cells, r["n"]) + fid)
     real = results["real"]
     lines.append(
-        f"{'real test images':<16} {'test':<8} {real['judge_accuracy']:>{width}.4f} {'':>{width}} {'':>{width}} "
-        f"{real['clip_score']:>{width}.4f} {'0':>{max(width, 16)}} {real['n']:>5}"
+        row(
+            "real test images",
+            "test",
+            [f"{real['judge_accuracy']:.4f}", "", "", f"{real['clip_score']:.4f}", "0"],
+            real["n"],
+        )
     )
     return "\n".join(lines)
 
