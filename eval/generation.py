@@ -128,7 +128,7 @@ def format_table(results: dict[str, Any]) -> str:
     def cell(r: dict[str, Any], key: str, digits: int) -> str:
         return f"{r[key]:.{digits}f}" + (f" +- {r[key + '_std']:.{digits}f}" if f"{key}_std" in r else "")
 
-    def row(first: str, split: str, cells: list[str], n: int) -> str:
+    def row(first: str, split: str, cells: list[str], n: int | str) -> str:
         return (
             f"{first:<16} {split:<8} " + " ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)) + f" {n:>5}"
         )
