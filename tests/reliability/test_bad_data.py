@@ -29,6 +29,7 @@ from PIL import Image
 
 from multimodal.data import SampleDecoder, SampleStream, SkipStats, collate, make_loader
 from multimodal.data.stream import DecodeError
+from multimodal.data.transforms import MAX_ASPECT
 from multimodal.tokenizers import ClipTokenizer
 from tests.conftest import TINY_CLIP, tiny_recipe, train_recipe
 from training.train import TrainingError
@@ -68,10 +69,10 @@ def _pgm16(value: int, maxval: int) -> bytes:
 
 
 def _sliver() -> bytes:
-    """1 x 100,000 px, red above the middle, blue below: its centre square is red."""
+    """1 x 100,000 px, red in its middle 1,000 rows, blue elsewhere: its centre is red."""
     arr = np.zeros((100_000, 1, 3), np.uint8)
-    arr[:50_000, :, 0] = 255
-    arr[50_000:, :, 2] = 255
+    arr[:, :, 2] = 255
+    arr[49_500:50_500] = (255, 0, 0)
     return _save(Image.fromarray(arr))
 
 
@@ -137,7 +138,8 @@ def test_undecodable_images_raise_their_reason(fault: str) -> None:
 
 
 def test_a_sliver_is_cropped_to_its_centre_before_resizing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A 1 x 100,000 image would first become 8 x 800,000 (at 224 px: 224 x 22,400,000, 15 GB)."""
+    """A 1 x 100,000 image would first become 8 x 800,000 (at 224 px: 224 x 22,400,000, 15 GB); its centre 1 x 64
+    (``MAX_ASPECT``) becomes 8 x 512."""
     resized = []
     resize = Image.Image.resize
 
@@ -147,7 +149,7 @@ def test_a_sliver_is_cropped_to_its_centre_before_resizing(monkeypatch: pytest.M
 
     monkeypatch.setattr(Image.Image, "resize", spy)
     image = SampleDecoder(image_size=8, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))({"png": _sliver()})["image"]
-    assert resized == [(8, 8)]
+    assert resized == [(8, 8 * MAX_ASPECT)]
     torch.testing.assert_close(_pixels(image), torch.tensor([RED]).expand(64, 3))  # the centre row is red
 
 
