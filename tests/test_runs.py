@@ -20,6 +20,7 @@ from multimodal.data import load_card
 from multimodal.data.embeddings import weights_fingerprint
 from multimodal.pipelines.unclip import ClipEncoder, UnclipPipeline
 from multimodal.runs import cached_clip_embeddings, load_gato_tokenizer
+from multimodal.runs import write_run as write_run_folder
 from multimodal.tokenizers import ClipTokenizer, SubsetTokenizer
 from multimodal.tokenizers.gato import TOKENIZER_FILE, GatoTokenizer
 from tests.pipelines.test_unclip import CLIP_ARGS
@@ -33,11 +34,7 @@ UPSAMPLER_ARGS = {"image_size": 16, "scale": 2, "crop_size": 8, "block_out_chann
 
 def write_run(path: Path, model: nn.Module, name: str, args: dict[str, Any], **sections: Any) -> Path:
     """A run directory as training writes one: config.yaml (task, model, ...) and model.safetensors."""
-    path.mkdir(parents=True)
-    cfg = {"model": {"name": name, "args": args}, **sections}
-    (path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "model.safetensors"))
-    return path
+    return write_run_folder(path, {"model": {"name": name, "args": args}, **sections}, model)
 
 
 def write_stack(root: Path, *, upsampler: bool = True) -> dict[str, nn.Module]:
@@ -181,7 +178,6 @@ def test_gato_tokenizer_of_a_run_is_the_one_it_saved(tmp_path):
 
 def test_write_run_writes_a_loadable_run_or_nothing(tmp_path):
     from multimodal.runs import load_checkpoint
-    from multimodal.runs import write_run as write_run_folder
 
     model = create_model("clip_nano", **CLIP_ARGS)
     config = {"task": {"name": "clip"}, "model": {"name": "clip_nano", "args": CLIP_ARGS}}

@@ -224,6 +224,7 @@ def evaluate_generation(
 
 SEED_METRICS = ("prompt_accuracy", "color_accuracy", "shape_accuracy", "clip_score", "fd_judge_features",
                 "fid_inception")  # fmt: skip
+SPLITS = ("seen", "heldout")
 
 
 def mean_over_seeds(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -242,21 +243,24 @@ def mean_over_seeds(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
     merged["seeds"] = seeds
     for cond in conditions:
         merged[cond] = {"seconds": round(sum(r[cond]["seconds"] for r in per_seed), 1)}
-        for split in ("seen", "heldout"):
+        for split in SPLITS:
             entries = [r[cond][split] for r in per_seed]
             entry: dict[str, Any] = {"n": sum(e["n"] for e in entries)}
-            for key in (k for k in SEED_METRICS if k in entries[0]):
+            for key in _metrics(entries[0]):
                 values = [e[key] for e in entries]
                 entry[key], entry[f"{key}_std"] = statistics.mean(values), statistics.stdev(values)
             merged[cond][split] = entry
     merged["real"] = first["real"]
-    splits = ("seen", "heldout")
     merged["per_seed"] = [
-        {"seed": r["seed"], **{c: {s: {k: r[c][s][k] for k in SEED_METRICS if k in r[c][s]} for s in splits}
-                               for c in conditions}}
+        {"seed": r["seed"], **{cond: {split: _metrics(r[cond][split]) for split in SPLITS} for cond in conditions}}
         for r in per_seed
-    ]  # fmt: skip
+    ]
     return merged
+
+
+def _metrics(entry: dict[str, Any]) -> dict[str, float]:
+    """The :data:`SEED_METRICS` a condition-and-split entry of :func:`evaluate_generation` holds."""
+    return {key: entry[key] for key in SEED_METRICS if key in entry}
 
 
 def _generate_and_judge(
