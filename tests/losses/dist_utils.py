@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import time
@@ -130,6 +131,10 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str, job: str) -> No
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=300))
         torch.save(JOBS[job](rank, world_size), Path(out_dir) / f"rank{rank}.pt")
+        # Free the job's DDP reducer while its process group lives, and let no rank close its sockets while the
+        # other is still tearing down: either race aborts a rank in gloo's C++ ("terminate called", exit -6).
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
     except BaseException:
         (Path(out_dir) / f"rank{rank}.err").write_text(traceback.format_exc())
