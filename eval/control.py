@@ -26,16 +26,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from multimodal.evaluation import evaluate_control
 
     cfg, model, tokenizer = load_gato_run(args)
+    mixture = (cfg.get("task") or {}).get("mixture") or {}
+    trained = [card for card in (load_card(name) for name in mixture) if card.generator == "control"]
     if args.env == "all":
-        mixture = (cfg.get("task") or {}).get("mixture") or {}
-        cards = [load_card(name) for name in mixture]
-        cards = [c for c in cards if c.generator == "control"]
-        if not cards:
+        if not trained:
             raise ConfigError(f"the run at {args.checkpoint} trained on no control dataset; pass --env")
+        cards = trained
     else:
         if args.env not in ENVS:
             raise ConfigError(f"unknown env {args.env!r}; known envs: {', '.join(ENVS)} (or all)")
-        cards = [load_card(dataset_name(args.env))]
+        # The run's own card of that env (its prompts, references and task name), else the env's standard card.
+        cards = [c for c in trained if c.generator_args.get("env_id") == args.env][:1]
+        cards = cards or [load_card(dataset_name(args.env))]
     results = {}
     print(f"{'env':28s} {'episodes':>8s} {'mean return':>12s} {'std':>8s} {'score':>7s}  (random, expert)")
     for card in cards:

@@ -223,10 +223,16 @@ def test_generation_is_a_no_op_when_complete_and_rebuilt_otherwise(tmp_path, mon
 
 def test_cards_match_the_generator():
     pendulum = {"episodes": 200, "action_noise": 1.0}
-    for name, env_id, args in (("cartpole", "CartPole-v1", {}), ("pendulum", "Pendulum-v1", pendulum)):
+    dart = {"episodes": 200, "action_noise": 0.2}
+    for name, env_id, args in (
+        ("cartpole", "CartPole-v1", {}),
+        ("cartpole-dart", "CartPole-v1", dart),
+        ("pendulum", "Pendulum-v1", pendulum),
+    ):
         card = load_card(name)
         assert card.generator == "control" and card.generator_args == {"env_id": env_id, **args}
-        assert control.dataset_name(env_id) == card.name == card.root == name
+        assert card.name == card.root == name
+        assert control.dataset_name(env_id) == name.removesuffix("-dart")  # the env's standard card; DART a second
         assert {split: (s.shards, s.num_samples) for split, s in card.splits.items()} == {
             "train": ("train/{000000..000000}.tar", args.get("episodes", 100)),
             "test": ("test/{000000..000000}.tar", 20),

@@ -159,6 +159,10 @@ def test_a_tiny_run_trains_and_evaluates(
     assert eval_control.main(["--checkpoint", str(out), "--episodes", "2"]) == 0
     control = json.loads((out / "eval" / "control.json").read_text())["results"]
     assert set(control) == {"CartPole-v1", "Pendulum-v1"} and len(control["CartPole-v1"]["returns"]) == 2
+    assert eval_control.main(["--checkpoint", str(out), "--episodes", "1", "--env", "CartPole-v1"]) == 0
+    alone = json.loads((out / "eval" / "control.json").read_text())["results"]
+    assert set(alone) == {"CartPole-v1"}  # from the run's own card (its references), not the standard one
+    assert alone["CartPole-v1"]["references"] == control["CartPole-v1"]["references"]
     assert eval_caption.main(["--checkpoint", str(out), "--samples", "8"]) == 0
     captions = json.loads((out / "eval" / "caption_tiny-shapes.json").read_text())["results"]["test"]
     assert captions["n"] == 8 and 0.0 <= captions["accuracy"] <= 1.0
