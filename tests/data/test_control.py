@@ -291,3 +291,28 @@ def test_ensure_dataset_waits_for_another_builder_of_the_same_dataset(tmp_path):
         assert builder.is_alive() and not (tmp_path / "data" / "train").exists()
     builder.join(timeout=120)
     assert not builder.is_alive() and len(read_episodes(loaded, "train")) == 3
+
+
+def test_discrete_action_noise_acts_at_random_at_the_given_rate():
+    observations = np.random.default_rng(0).normal(0.0, 0.05, size=(20_000, 4)).astype(np.float32)
+    alive = np.ones(len(observations), dtype=bool)
+    expert = control.expert_actions("CartPole-v1", observations)
+    assert 0.3 < expert.mean() < 0.7  # both actions occur
+    np.testing.assert_array_equal(control.noisy_expert_policy("CartPole-v1", 0.0, seed=0)(observations, alive), expert)
+    acted = control.noisy_expert_policy("CartPole-v1", 0.2, seed=0)(observations, alive)
+    assert abs((acted != expert).mean() - 0.1) < 0.01  # a random action is the expert's half the time
+    again = control.noisy_expert_policy("CartPole-v1", 0.2, seed=0)(observations, alive)
+    np.testing.assert_array_equal(again, acted)  # the seed fixes the noise
+
+
+def test_cartpole_dart_episodes_leave_the_expert_path_with_expert_labels(tmp_path):
+    generate_control(tmp_path / "clean", env_id="CartPole-v1", **{**TINY, "episodes": 10})
+    generate_control(tmp_path / "dart", env_id="CartPole-v1", **TINY, action_noise=0.2)
+    clean = {e.seed: e for e in read_episodes(tmp_path / "clean", "train")}  # the expert keeps every seed
+    noisy = read_episodes(tmp_path / "dart", "train")
+    assert len(noisy) == 3 and all(e.total_return >= 0.8 * 500 for e in noisy)  # the filter judged the noisy rollout
+    for episode in noisy:
+        start = clean[episode.seed].observations
+        np.testing.assert_array_equal(episode.observations[0], start[0])  # the same start,
+        assert not np.allclose(episode.observations[:100], start[:100])  # then the random actions moved the cart
+        np.testing.assert_array_equal(episode.actions, control.expert_actions("CartPole-v1", episode.observations))
