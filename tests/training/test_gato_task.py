@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from eval import caption as eval_caption
 from eval import control as eval_control
 from multimodal.config import ConfigError
+from multimodal.data import load_card
 from multimodal.data.control import generate_control
 from multimodal.tokenizers import SubsetTokenizer
 from multimodal.tokenizers.gato import Modality
@@ -220,9 +221,19 @@ def test_two_ddp_processes_keep_equal_replicas_when_a_part_leaves_the_patch_enco
     assert moved == (set(initial) if images else set(initial) - patch)  # no gradient, no update
 
 
-def test_the_recipe_loads() -> None:
-    cfg = TrainConfig.load(REPO / "configs" / "gato" / "mixed.yaml")
-    assert cfg.task.name == "gato" and set(cfg.task.mixture) == {"shapes", "cartpole", "pendulum"}
+@pytest.mark.parametrize(
+    "recipe_name, datasets",
+    [
+        ("mixed", {"shapes", "cartpole", "pendulum"}),
+        ("mixed-fast", {"shapes", "cartpole-dart", "pendulum"}),
+        ("six-tasks", {"shapes", "cartpole", "pendulum", "acrobot", "doorkey-5x5", "multiroom-n2-s4"}),
+    ],
+)
+def test_the_recipes_load(recipe_name: str, datasets: set[str]) -> None:
+    cfg = TrainConfig.load(REPO / "configs" / "gato" / f"{recipe_name}.yaml")
+    assert cfg.task.name == "gato" and set(cfg.task.mixture) == datasets
+    assert abs(sum(cfg.task.mixture.values()) - 1.0) < 1e-9
+    assert all(load_card(name).name == name for name in datasets)  # every share names a card of datasets/
 
 
 def test_the_text_vocabulary_is_the_whole_bpe_or_the_training_captions(
