@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin, UNet2DConditionModel, UNet2DModel
 from diffusers.configuration_utils import register_to_config
+from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor, nn
 from torchvision.transforms.v2.functional import gaussian_blur
@@ -39,6 +40,33 @@ def _unet_blocks(attention: list[bool], *, cross: bool) -> tuple[tuple[str, ...]
     down = tuple(attn_down if a else "DownBlock2D" for a in attention)
     up = tuple(attn_up if a else "UpBlock2D" for a in reversed(attention))
     return down, up
+
+
+class CpuAwareAttnProcessor:
+    """The UNets' attention: diffusers' fused ``AttnProcessor2_0`` (``F.scaled_dot_product_attention``), except on the
+    CPU in bf16/fp16, autocast included, where diffusers' composite ``AttnProcessor`` runs (baddbmm, softmax, bmm).
+
+    PyTorch's fused CPU kernel is slow in reduced precision at these sizes: in a training step of the nano decoder
+    (batch 64, bf16, 1 thread) its forward and backward took 177 of 548 ms (``bench/profile_step.py``), for 4x4-token
+    self-attention and 28-token cross-attention, as :func:`multimodal.nn.attention` measured for the backbone.
+    """
+
+    def __init__(self) -> None:
+        self.fused, self.composite = AttnProcessor2_0(), AttnProcessor()
+
+    def __call__(self, attn: Any, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        dtype = hidden_states.dtype
+        if hidden_states.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            dtype = torch.get_autocast_dtype("cpu")
+        reduced = hidden_states.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
+        return (self.composite if reduced else self.fused)(attn, hidden_states, *args, **kwargs)
+
+
+def _use_cpu_aware_attention(unet: nn.Module) -> None:
+    processor = CpuAwareAttnProcessor()
+    for module in unet.modules():
+        if isinstance(module, Attention):
+            module.set_processor(processor)
 
 
 def _diffusion_loss(
@@ -99,6 +127,7 @@ class UnclipDecoder(ModelMixin, ConfigMixin):
             class_embed_type="projection",
             projection_class_embeddings_input_dim=embed_dim,
         )
+        _use_cpu_aware_attention(self.unet)
         self.image_tokens = nn.Linear(embed_dim, num_image_tokens * context_dim)
         self.text_proj = nn.Linear(text_width, context_dim)
         self.null_image_embed = nn.Parameter(torch.zeros(embed_dim))
@@ -259,6 +288,7 @@ class UnclipUpsampler(ModelMixin, ConfigMixin):
             layers_per_block=layers_per_block,
             norm_num_groups=norm_num_groups,
         )
+        _use_cpu_aware_attention(self.unet)
         self.noise_scheduler = make_noise_scheduler(
             num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule, prediction_type=prediction_type
         )

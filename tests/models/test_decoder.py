@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
 
 from multimodal import create_model
 from multimodal.models.decoder import UnclipDecoder, UnclipUpsampler
@@ -48,6 +49,35 @@ def test_dropped_caption_equals_no_caption_and_dropped_image_ignores_the_embeddi
     other = torch.randn(2, 16)
     a = dec.denoise(x, t, embeds, drop_image=drop)
     assert torch.allclose(a, dec.denoise(x, t, other, drop_image=drop), atol=1e-6)
+
+
+def test_attention_is_fused_in_fp32_and_composite_in_bf16_on_the_cpu_with_the_same_result(monkeypatch):
+    dec = tiny_decoder().eval()
+    fused = tiny_decoder().eval()
+    fused.load_state_dict(dec.state_dict())
+    fused.unet.set_attn_processor(AttnProcessor2_0())
+    x, t = torch.randn(4, 3, 8, 8), torch.tensor([3, 40, 70, 99])
+    embeds, enc, pad = conditioning(4)
+    assert torch.equal(dec.denoise(x, t, embeds, enc, pad), fused.denoise(x, t, embeds, enc, pad))  # fp32: fused
+
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(
+        torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k)
+    )
+    outs, grads, fused_calls = [], [], []
+    for model in (dec, fused):
+        calls.clear()
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model.denoise(x, t, embeds, enc, pad)
+        out.float().pow(2).mean().backward()
+        outs.append(out.float())
+        grads.append(model.image_tokens.weight.grad.clone())
+        fused_calls.append(len(calls))
+    assert fused_calls[0] == 0 and fused_calls[1] > 0  # ours took the composite path in bf16
+    assert (outs[0] - outs[1]).abs().max() < 0.05 * outs[1].abs().max()  # bf16 rounding apart
+    assert torch.nn.functional.cosine_similarity(grads[0].flatten(), grads[1].flatten(), dim=0) > 0.99
 
 
 def test_bad_config_is_a_clear_error():
