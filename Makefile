@@ -33,9 +33,9 @@ $(TL_STAMP): $(STAMP)
 #   1. a CLIP (configs/clip/shapes.yaml cut to 1,200 steps; its warmup-stable-decay schedule decays over the last
 #      240 of them, the 20% the demo was measured with) beside the judge classifier (configs/vit/shapes.yaml);
 #      then the CLIP's zero-shot evaluation;
-#   2. unCLIP on that CLIP: the decoder (short run of configs/unclip/shapes-decoder.yaml, no evaluation of its own:
-#      step 3 judges it) beside the prior (of shapes-prior.yaml; the upsampler is left out, as a 300-step one does
-#      not yet beat bicubic);
+#   2. unCLIP on that CLIP: the decoder (short run of configs/unclip/shapes-decoder.yaml) beside the prior (of
+#      shapes-prior.yaml), neither with an evaluation of its own: step 3 judges the stack (the upsampler is left out,
+#      as a 300-step one does not yet beat bicubic);
 #   3. a grid of the decoder's 16 px images for six prompts (shown at 128 px, each row labelled) beside the prompt
 #      accuracy the judge gives the generated images.
 # The job beside writes its output to runs/<name>.log and shows its last lines when it ends; `make demo` fails if
@@ -59,7 +59,7 @@ demo: setup
 	@$(call beside,runs/unclip-demo-prior.log,\
 		$(DEMO_TRAIN) configs/unclip/shapes-prior.yaml task.clip=runs/clip-shapes-demo run.out_dir=runs/unclip-demo/prior \
 			train.threads=1 train.progress=false train.steps=$(DEMO_PRIOR_STEPS) optim.warmup_steps=20 \
-			task.eval_samples=100 run.overwrite=true,\
+			data.eval_split=null run.overwrite=true,\
 		$(DEMO_TRAIN) configs/unclip/shapes-decoder.yaml task.clip=runs/clip-shapes-demo \
 			run.out_dir=runs/unclip-demo/decoder train.threads=1 train.steps=$(DEMO_DECODER_STEPS) \
 			data.eval_split=null run.overwrite=true)
