@@ -54,12 +54,22 @@ class CpuAwareAttnProcessor:
     def __init__(self) -> None:
         self.fused, self.composite = AttnProcessor2_0(), AttnProcessor()
 
-    def __call__(self, attn: Any, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        temb: Tensor | None = None,
+    ) -> Tensor:
+        # named as AttnProcessor2_0 names them: diffusers' Attention passes a processor only the keywords its
+        # signature lists (the mid-blocks' temb included) and warns about the rest
         dtype = hidden_states.dtype
         if hidden_states.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             dtype = torch.get_autocast_dtype("cpu")
         reduced = hidden_states.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
-        return (self.composite if reduced else self.fused)(attn, hidden_states, *args, **kwargs)
+        processor = self.composite if reduced else self.fused
+        return processor(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
 def _use_cpu_aware_attention(unet: nn.Module) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
-from diffusers.models.attention_processor import AttnProcessor2_0
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 from multimodal import create_model
-from multimodal.models.decoder import UnclipDecoder, UnclipUpsampler
+from multimodal.models.decoder import CpuAwareAttnProcessor, UnclipDecoder, UnclipUpsampler
 from multimodal.models.diffusion import SAMPLERS, loss_weights, make_noise_scheduler
 
 
@@ -78,6 +80,16 @@ def test_attention_is_fused_in_fp32_and_composite_in_bf16_on_the_cpu_with_the_sa
     assert fused_calls[0] == 0 and fused_calls[1] > 0  # ours took the composite path in bf16
     assert (outs[0] - outs[1]).abs().max() < 0.05 * outs[1].abs().max()  # bf16 rounding apart
     assert torch.nn.functional.cosine_similarity(grads[0].flatten(), grads[1].flatten(), dim=0) > 0.99
+
+
+def test_the_attention_processor_takes_every_keyword_diffusers_passes_its_own():
+    # diffusers' Attention drops (with a warning) the keywords a processor's signature does not list, e.g. the temb
+    # that UNet2DModel's mid-block passes
+    ours = set(inspect.signature(CpuAwareAttnProcessor.__call__).parameters)
+    for theirs in (AttnProcessor2_0, AttnProcessor):
+        assert {p for p in inspect.signature(theirs.__call__).parameters if p not in ("args", "kwargs")} <= ours
+    up = tiny_upsampler(attention=(False, False))
+    assert any(type(m.processor) is CpuAwareAttnProcessor for m in up.modules() if hasattr(m, "processor"))
 
 
 def test_bad_config_is_a_clear_error():
