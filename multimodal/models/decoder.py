@@ -27,6 +27,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor, nn
 from torchvision.transforms.v2.functional import gaussian_blur
 
+from ..nn import composite_is_faster
 from .diffusion import guided_sample, loss_weights, make_noise_scheduler, make_sampler, prediction_target
 from .registry import register_model
 
@@ -64,11 +65,10 @@ class CpuAwareAttnProcessor:
     ) -> Tensor:
         # named as AttnProcessor2_0 names them: diffusers' Attention passes a processor only the keywords its
         # signature lists (the mid-blocks' temb included) and warns about the rest
-        dtype = hidden_states.dtype
-        if hidden_states.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            dtype = torch.get_autocast_dtype("cpu")
-        reduced = hidden_states.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
-        processor = self.composite if reduced else self.fused
+        device, dtype = hidden_states.device, hidden_states.dtype
+        if torch.is_autocast_enabled(device.type):  # the projections' dtype, not that of their (often fp32) input
+            dtype = torch.get_autocast_dtype(device.type)
+        processor = self.composite if composite_is_faster(device, dtype) else self.fused
         return processor(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 

@@ -1,7 +1,7 @@
 """Shared transformer backbone: attention, MLPs, mixture of experts, norms, position and patch embeddings, blocks."""
 
 from .aa_conv import AAConv2d, aa_conv_channels
-from .attention import Attention, attention
+from .attention import Attention, attention, composite_is_faster
 from .block import Block, LayerScale, build_mlp
 from .demix import DEMixMlp
 from .drop_path import DropPath, drop_path
@@ -41,6 +41,7 @@ __all__ = [
     "attention",
     "build_mlp",
     "build_norm",
+    "composite_is_faster",
     "drop_path",
     "get_act_layer",
     "hook_points",

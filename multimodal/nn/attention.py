@@ -17,6 +17,12 @@ from torch import Tensor, nn
 from .hooks import HookPoint
 
 
+def composite_is_faster(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether explicit matmuls beat ``F.scaled_dot_product_attention`` for tensors of this device and dtype: on the
+    CPU in bf16/fp16 (see the module docstring)."""
+    return device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
+
+
 def attention(
     q: Tensor,
     k: Tensor,
@@ -36,7 +42,7 @@ def attention(
     what the backward keeps is that (B, H, N, M) bf16 tensor, the memory cost of this path.
     """
     if composite is None:
-        composite = q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
+        composite = composite_is_faster(q.device, q.dtype)
     if not composite:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=causal)
     # In place after the matmul: its backward needs q and k, not its output, so no (B, H, N, M) copy is kept.
